@@ -1,0 +1,159 @@
+"""The GPT: a stack of transformer blocks that predicts the next token (GPT-2, Radford et al. 2019).
+
+    tokens -> token embedding + position embedding -> N x Block -> LayerNorm -> logits over the vocabulary
+
+Each Block is pre-LayerNorm (GPT-2 section 2.3 moved LayerNorm to the input of each sub-block):
+
+    x = x + attention(LayerNorm(x))     # tokens look at earlier tokens (attention.py)
+    x = x + mlp(LayerNorm(x))           # each token thinks alone: Linear(C, 4C), GELU, Linear(4C, C)
+
+The output layer shares its weights with the token embedding (weight tying, Press & Wolf 2017, as GPT-2 does).
+Initialisation follows GPT-2: every weight ~ N(0, 0.02), biases 0, and the projections that write into the residual
+stream scaled by 1/sqrt(2 * num_of_layers) so the stream's variance does not grow with depth (GPT-2 section 2.3).
+
+Shape letters: B batch, T time (tokens), C embedding_dim, V vocab_size, N num_of_layers.
+Read next: playground.py, which trains this model.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import KVCache, MultiHeadAttention
+from config import ModelConfig
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network (Vaswani et al. section 3.3) with GPT's GELU and 4x width."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        C = config.embedding_dim
+        self.fc = nn.Linear(C, 4 * C, bias=config.bias)
+        self.proj = nn.Linear(4 * C, C, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """One transformer block: attention then MLP, each on a LayerNorm'd input and added back to the stream."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.embedding_dim, bias=config.bias)
+        self.attn = MultiHeadAttention(config.embedding_dim, config.num_of_heads, config.dropout, config.bias,
+                                       causal=True, backend=config.attention_backend)
+        self.ln_2 = nn.LayerNorm(config.embedding_dim, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, padding_mask=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), padding_mask, kv_cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set before building a GPT")
+        self.config = config
+        V, C = config.vocab_size, config.embedding_dim
+        self.tok_emb = nn.Embedding(V, C)
+        self.pos_emb = nn.Embedding(config.block_size, C)  # learned absolute positions, as in GPT-1 and GPT-2
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_of_layers))
+        self.ln_f = nn.LayerNorm(C, bias=config.bias)  # GPT-2 adds a final LayerNorm after the last block
+        self.lm_head = nn.Linear(C, V, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one (V, C) matrix reads tokens in and out
+
+        self.apply(self._init_weights)
+        residual_std = 0.02 / math.sqrt(2 * config.num_of_layers)  # GPT-2 section 2.3: two residual adds per block
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Parameters, counting the tied matrix once. Without embeddings: what scales with depth (Kaplan et al.)."""
+        n = sum(p.numel() for p in self.parameters())
+        if not include_embeddings:
+            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+        return n
+
+    def hidden_states(self, idx, padding_mask=None, kv_caches=None):
+        """idx: (B, T) token ids -> (B, T, C), the final LayerNorm'd states (the classifier head reads these)."""
+        B, T = idx.shape
+        start = kv_caches[0].length if kv_caches else 0  # cached tokens come first
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, padding_mask, kv_caches[i] if kv_caches else None)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, idx, targets=None, padding_mask=None, kv_caches=None):
+        """idx: (B, T) -> (logits (B, T, V), loss or None). targets: (B, T) next-token ids, -1 where ignored."""
+        logits = self.lm_head(self.hidden_states(idx, padding_mask, kv_caches))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizer(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.99)):
+        """AdamW with decay on weight matrices only (GPT-1 section 4.1: L2 on "all non bias or gain weights").
+
+        Matrices (Linear weights, embeddings) decay; biases and LayerNorm gains, which are vectors, do not.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]  # parameters() yields the tied matrix once
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+    def new_kv_caches(self, batch_size: int, device=None, dtype=None) -> list[KVCache]:
+        """One empty KVCache per block, each holding up to block_size positions."""
+        c = self.config
+        device = device or self.tok_emb.weight.device
+        dtype = dtype or self.tok_emb.weight.dtype
+        return [KVCache(batch_size, c.num_of_heads, c.block_size, c.embedding_dim // c.num_of_heads, device, dtype)
+                for _ in range(c.num_of_layers)]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
+        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
+
+        Uses a KV cache: after the prompt, each step runs the model on one new position only. When the context
+        is full, the last half of it becomes the new prompt and is re-encoded (learned positions cannot slide).
+        temperature=0 picks the most probable token (greedy).
+        """
+        caches = self.new_kv_caches(idx.size(0))
+        context = idx[:, -self.config.block_size:]  # (B, T')
+        for _ in range(max_new_tokens):
+            if caches[0].length == self.config.block_size:  # full: restart from the last half
+                context = idx[:, -(self.config.block_size // 2):]  # (B, block_size / 2)
+                for cache in caches:
+                    cache.reset()
+            logits, _ = self(context, kv_caches=caches)  # (B, T', V)
+            logits = logits[:, -1, :]  # (B, V)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
+            idx = torch.cat((idx, next_id), dim=1)  # (B, T + 1)
+            context = next_id  # the cache holds everything before it
+        return idx
