@@ -1,0 +1,196 @@
+"""The shared core of every tokenizer: errors, reading a corpus, the `Tokenizer` base class, tokenizer.json.
+
+A tokenizer turns text into a list of integer ids and back. Every kind in this package (char.py, bpe.py,
+bbpe.py) is saved in Hugging Face's `tokenizer.json` format, so that `tokenizers.Tokenizer.from_file` can load
+what we wrote and encode a multi-megabyte corpus at Rust speed, while our own hand-written `encode` stays the
+readable reference (a test proves the two agree).
+
+    >>> tok = train_tokenizer("char", "input.txt")      # see __init__.py
+    >>> tok.encode("hi")                                 # [20, 21]
+    >>> tok.decode([20, 21])                             # 'hi'
+    >>> Tokenizer.from_json(tok.to_json()).encode("hi")  # [20, 21]: to_json() is what a checkpoint stores
+
+Read next: char.py (the simplest kind), then train.py (how BPE learns its merges).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+EOT = "<|endoftext|>"  # the end-of-text token placed between documents (GPT-2's name for it)
+
+
+class TokenizerError(Exception):
+    """A problem the user can fix (bad corpus, bad vocab size, unknown characters...). One line, says what to do."""
+
+
+def read_corpus(path: str) -> str:
+    """Read a whole corpus file as UTF-8 text, exactly as stored: no newline translation ('\\r' is kept)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise TokenizerError(f"corpus file not found: {path}") from None
+    except IsADirectoryError:
+        raise TokenizerError(f"corpus path is a directory, not a text file: {path}") from None
+    except OSError as e:
+        raise TokenizerError(f"cannot read corpus {path}: {e.strerror}") from None
+    if not data:
+        raise TokenizerError(f"corpus file is empty: {path}; give a text file with some content")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"corpus {path} is not UTF-8: invalid byte 0x{data[e.start]:02x} at byte offset "
+                             f"{e.start}; convert it first (e.g. iconv -t UTF-8)") from None
+
+
+def smallest_id_dtype(vocab_size: int):
+    """uint16 halves the memory of a token array when every id fits (GPT-2's 50257 does); else uint32."""
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same folder and os.replace: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    except OSError as e:
+        raise TokenizerError(f"cannot write {path}: {e.strerror or e} (does the folder exist and is it "
+                             f"writable?)") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise TokenizerError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+class Tokenizer:
+    """Base class: a vocabulary {token string: id}, an ordered merge list and the special tokens.
+
+    Subclasses set `kind`, implement `encode`, `decode` and `token_str`, and describe their pre-tokenizer and
+    decoder for tokenizer.json in `_hf_parts`. Each subclass registers itself under its `kind`, which is how
+    `from_json` finds the class that reads a file.
+    """
+
+    kind = "base"
+    _kinds: dict[str, type[Tokenizer]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Tokenizer._kinds[cls.kind] = cls
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]] = (), special_tokens: list[str] = ()):
+        self.vocab = dict(vocab)                     # token string -> id
+        self.merges = [tuple(m) for m in merges]     # (left, right) in the order learned: index = rank
+        self.special_tokens = list(special_tokens)   # their ids are in vocab too
+        self.id_to_token = {i: t for t, i in self.vocab.items()}
+        if sorted(self.id_to_token) != list(range(len(self.vocab))):
+            raise TokenizerError("tokenizer vocabulary ids are not 0..N-1 without gaps; the file is corrupt")
+        self.eot_id = self.vocab.get(EOT) if EOT in self.special_tokens else None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, merges={len(self.merges)})"
+
+    # --- to be provided by each kind -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def token_str(self, token_id: int) -> str:
+        """One token shown readably, e.g. for a table of next-token probabilities."""
+        raise NotImplementedError
+
+    def _hf_parts(self) -> dict:
+        """The tokenizer.json fields that differ between kinds: model.unk_token, pre_tokenizer, decoder."""
+        raise NotImplementedError
+
+    # --- shared -----------------------------------------------------------------------------------------------
+    def _check_ids(self, ids) -> None:
+        bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"token ids out of range 0..{self.vocab_size - 1}: {bad[:5]}; was this text "
+                                 f"encoded with another tokenizer?")
+
+    def encode_corpus(self, text: str) -> np.ndarray:
+        """Encode a whole corpus into a compact numpy array, with the same ids as `encode` (kinds make it fast)."""
+        return np.array(self.encode(text), dtype=smallest_id_dtype(self.vocab_size))
+
+    def to_dict(self) -> dict:
+        """The tokenizer.json content, laid out field for field like Hugging Face's own files (rules doc E14-15)."""
+        parts = self._hf_parts()
+        added = [{"id": self.vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for t in self.special_tokens]
+        model = {"type": "BPE", "dropout": None, "unk_token": parts["unk_token"], "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                 "vocab": dict(sorted(self.vocab.items(), key=lambda kv: kv[1])),
+                 "merges": [list(m) for m in self.merges]}
+        return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+                "pre_tokenizer": parts["pre_tokenizer"], "post_processor": None, "decoder": parts["decoder"],
+                "model": model}
+
+    def to_json(self) -> str:
+        """The complete tokenizer.json text (what a model checkpoint stores as a plain string)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+
+    def save(self, path: str) -> None:
+        atomic_write(path, self.to_json() + "\n")
+
+    def to_hf(self):
+        """This tokenizer as a Hugging Face `tokenizers.Tokenizer` (the Rust fast path)."""
+        from tokenizers import Tokenizer as HFTokenizer
+        hf = HFTokenizer.from_str(self.to_json())
+        hf.encode_special_tokens = True  # like our encode: '<|endoftext|>' in plain text is just text
+        return hf
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "tokenizer JSON") -> Tokenizer:
+        """Rebuild a tokenizer from tokenizer.json text; the kind is recognised from the file's structure."""
+        try:
+            d = json.loads(text)
+            model, pre = d["model"], d["pre_tokenizer"]
+            kind = _recognise_kind(d)
+            vocab, merges = model["vocab"], [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+                                             for m in model["merges"]]
+            specials = [t["content"] for t in sorted(d["added_tokens"], key=lambda t: t["id"])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise TokenizerError(f"{source} is not a tokenizer.json written by scratchgpt (corrupt or foreign "
+                                 f"format); retrain it with tokenizer/train_tokenizer.py") from None
+        if kind is None:
+            raise TokenizerError(f"{source} is a tokenizer.json of a kind scratchgpt does not know (pre_tokenizer "
+                                 f"{(pre or {}).get('type')}); retrain it with tokenizer/train_tokenizer.py")
+        return Tokenizer._kinds[kind](vocab, merges, specials)
+
+
+def _recognise_kind(d: dict) -> str | None:
+    """char: BPE without merges nor pre-tokenizer, Fuse decoder. bpe: Metaspace. bbpe: ByteLevel."""
+    if d["model"]["type"] != "BPE" or d["normalizer"] is not None:
+        return None
+    pre = (d["pre_tokenizer"] or {}).get("type")
+    decoder = (d["decoder"] or {}).get("type")
+    if pre is None and decoder == "Fuse" and not d["model"]["merges"]:
+        return "char"
+    return {("Metaspace", "Metaspace"): "bpe", ("ByteLevel", "ByteLevel"): "bbpe"}.get((pre, decoder))
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """Load a tokenizer.json written by `Tokenizer.save` (or by train_tokenizer.py)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise TokenizerError(f"tokenizer file not found: {path}; train one with tokenizer/train_tokenizer.py")\
+            from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {getattr(e, 'strerror', None) or e}") from None
+    return Tokenizer.from_json(text, source=path)
