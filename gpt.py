@@ -106,7 +106,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden_states(idx, padding_mask, kv_caches))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.99)):

@@ -1,0 +1,298 @@
+"""Train a GPT on a text file: `python playground.py corpus.txt --embedding_dim=384 --num_of_layers=4 ...`.
+
+With no corpus it trains on the built-in Shakespeare (data.py) and prints a sample when done. The loop is the
+classic one of GPT-1/2/3 and nanoGPT:
+
+    for each step:     lr from the schedule (linear warmup, then cosine decay to a floor; GPT-3 appendix B)
+                       forward + backward on one or more micro-batches (gradient accumulation)
+                       clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
+    every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
+                                      best_checkpoint.tar when val loss improves
+    every checkpoint_interval steps:  model_checkpoint.tar (everything needed to resume exactly)
+
+`--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
+same weights. Under torchrun, each process takes its share of the micro-batches (distributed.py).
+Read next: generate.py, which samples from the checkpoints written here.
+"""
+import dataclasses
+import math
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+import data
+from checkpoint import (autocast, config_dict, load_checkpoint, resolve_device, resolve_dtype, save_checkpoint)
+from config import ModelConfig, TrainConfig, UserError, load_config, run_main
+from distributed import Distributed
+from gpt import GPT
+from tokenizer import KINDS, Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
+
+EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
+# Settings a resumed run may change; anything else would make it a different run.
+RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
+             "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume"}
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup from lr/(warmup+1) to lr, then cosine decay to min_lr at lr_decay_iters, then flat.
+
+    Warmup (GPT-1 section 4.1) keeps Adam's first, badly estimated updates small; the cosine (GPT-3 appendix B)
+    anneals to a floor of lr/10.
+    """
+    warmup, decay_end = cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / (warmup + 1)
+    if step >= decay_end:
+        return cfg.min_lr
+    progress = (step - warmup) / max(1, decay_end - warmup)  # 0 -> 1
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def resolve_schedule(cfg: TrainConfig) -> TrainConfig:
+    """Fill the schedule's defaults: warmup = 5% of max_iters (at most 2000, nanoGPT's long-run value); floor lr/10.
+
+    lr_decay_iters stays None (meaning max_iters) so that extending a run with --max_iters stretches the cosine.
+    """
+    warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(2000, cfg.max_iters // 20)
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
+    return dataclasses.replace(cfg, warmup_iters=warmup, min_lr=min_lr)
+
+
+def resolve_tokenizer(spec: str, corpus_path: str) -> Tokenizer:
+    """'char', 'bpe:N', 'bbpe:N' (trained on the corpus now) or the path of a tokenizer.json."""
+    kind, _, size = spec.partition(":")
+    if kind == "char" and not size:
+        return train_tokenizer("char", corpus_path)
+    if kind in KINDS and size:
+        if not size.isdigit():
+            raise UserError(f"--tokenizer={spec}: the vocabulary size after ':' must be a number, e.g. {kind}:4096")
+        print(f"training a {kind} tokenizer with {size} tokens on {corpus_path} ...")
+        return train_tokenizer(kind, corpus_path, int(size))
+    if os.path.exists(spec):
+        return load_tokenizer(spec)
+    raise UserError(f"--tokenizer={spec} is neither char, bpe:N, bbpe:N nor an existing tokenizer.json file")
+
+
+def merge_resumed_config(saved: dict, flags: TrainConfig, explicit: set, model_flags: ModelConfig):
+    """The saved run's settings, with the few a resumed run may change taken from the command line."""
+    model_cfg = ModelConfig(**saved["model_config"])
+    train_cfg = TrainConfig(**saved["train_config"])
+    for name in explicit - RESUMABLE:
+        source = flags if name in {f.name for f in dataclasses.fields(TrainConfig)} else model_flags
+        old = getattr(model_cfg if source is model_flags else train_cfg, name)
+        if getattr(source, name) != old:
+            raise UserError(f"--{name} differs from the checkpoint's ({old!r}); a resumed run keeps its settings "
+                            f"except {', '.join(sorted(RESUMABLE - {'resume'}))}")
+    changes = {name: getattr(flags, name) for name in explicit & RESUMABLE}
+    return model_cfg, dataclasses.replace(train_cfg, **changes)
+
+
+@torch.no_grad()
+def estimate_loss(model, tokens: data.TokenData, cfg: TrainConfig, block_size: int, ctx, device) -> dict:
+    """Mean loss over eval_iters fixed batches of each split (the same batches every time: comparable evals)."""
+    model.eval()
+    losses = {}
+    for split, ids in (("train", tokens.train), ("val", tokens.val)):
+        total = 0.0
+        for i in range(cfg.eval_iters):
+            x, y = data.get_batch(ids, cfg.batch_size, block_size, cfg.seed, i, EVAL_STREAM)
+            with ctx:
+                total += model(x.to(device), y.to(device))[1].item()
+        losses[split] = total / cfg.eval_iters
+    model.train()
+    return losses
+
+
+def main(argv=None):
+    (model_cfg, train_cfg), explicit = load_config(sys.argv[1:] if argv is None else argv, (ModelConfig, TrainConfig),
+                                                   __doc__.splitlines()[0], positional="corpus")
+    dist = Distributed.start()
+    out_dir = train_cfg.out_dir
+    resume_state = None
+    if train_cfg.resume:
+        resume_state = load_checkpoint(os.path.join(out_dir, "model_checkpoint.tar"))
+        model_cfg, train_cfg = merge_resumed_config(resume_state, train_cfg, explicit, model_cfg)
+    else:
+        train_cfg = resolve_schedule(train_cfg)
+    device = dist.device if dist.enabled else resolve_device(train_cfg.device)
+    dtype = resolve_dtype(train_cfg.dtype, device)
+    ctx = autocast(device, dtype)
+
+    # ---- data and tokenizer (rank 0 prepares the caches, the others then read them)
+    corpus = train_cfg.corpus or data.builtin_corpus_path()
+    with dist.rank_zero_first():
+        if resume_state:
+            tokenizer = Tokenizer.from_json(resume_state["tokenizer"], source="the checkpoint's tokenizer")
+        else:
+            tokenizer = resolve_tokenizer(train_cfg.tokenizer, corpus)
+        tokens = data.load_tokens(corpus, tokenizer, train_cfg.val_fraction, model_cfg.block_size,
+                                  quiet=not dist.is_main)
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    elif model_cfg.vocab_size != tokenizer.vocab_size:
+        raise UserError(f"--vocab_size={model_cfg.vocab_size} does not match the tokenizer's {tokenizer.vocab_size} "
+                        f"tokens; drop --vocab_size to take it from the tokenizer")
+    micro_steps = dist.my_micro_steps(train_cfg.gradient_accumulation_steps)
+
+    # ---- model and optimizer
+    torch.manual_seed(train_cfg.seed)
+    raw_model = GPT(model_cfg).to(device)
+    optimizer = raw_model.configure_optimizer(train_cfg.learning_rate, train_cfg.weight_decay,
+                                              (train_cfg.beta1, train_cfg.beta2))
+    step, best_val = 0, float("inf")
+    if resume_state:
+        raw_model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        step, best_val = resume_state["step"], resume_state["best_val_loss"]
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        if step >= train_cfg.max_iters:
+            raise UserError(f"the checkpoint is at step {step}, already max_iters={train_cfg.max_iters}; "
+                            f"pass a larger --max_iters to train on")
+    compiled = maybe_compile(raw_model, train_cfg.compile)
+    model = dist.wrap(compiled)  # the DDP wrapper when under torchrun; evaluation uses `compiled` (rank 0 only)
+
+    tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
+    if dist.is_main:
+        print(f"model: {raw_model.num_parameters():,} parameters ({raw_model.num_parameters(False):,} without "
+              f"embeddings), {model_cfg.num_of_layers} layers x {model_cfg.embedding_dim} wide, "
+              f"{model_cfg.num_of_heads} heads, context {model_cfg.block_size}, {model_cfg.attention_backend} attention")
+        print(f"data: {corpus}, {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens), "
+              f"{len(tokens.train):,} train / {len(tokens.val):,} val tokens")
+        accumulation = (f" ({train_cfg.gradient_accumulation_steps} micro-batches of {train_cfg.batch_size} "
+                        f"accumulated{f' over {dist.world_size} processes' if dist.enabled else ''})"
+                        if train_cfg.gradient_accumulation_steps > 1 else "")
+        print(f"training: {tokens_per_step:,} tokens per step{accumulation}, steps {step} -> {train_cfg.max_iters}, "
+              f"lr {train_cfg.learning_rate:g} (warmup {train_cfg.warmup_iters}, cosine to {train_cfg.min_lr:g} "
+              f"at {train_cfg.lr_decay_iters or train_cfg.max_iters}), device {device}, dtype "
+              f"{str(dtype).replace('torch.', '')}{' autocast' if dtype != torch.float32 else ''}")
+    logger = WandbLogger(train_cfg, model_cfg) if train_cfg.wandb and dist.is_main else None
+
+    def write_checkpoint(name):
+        save_checkpoint(os.path.join(out_dir, name), {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model_config": config_dict(model_cfg), "train_config": config_dict(train_cfg),
+            "tokenizer": tokenizer.to_json(), "step": step, "best_val_loss": best_val,
+            "rng": {"torch": torch.get_rng_state()}})
+
+    # ---- the loop
+    progress = make_progress_bar(step, train_cfg.max_iters, dist.is_main)
+    started, tokens_seen = time.perf_counter(), 0
+    while step < train_cfg.max_iters:
+        lr = learning_rate(step, train_cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for i, micro in enumerate(micro_steps):
+            x, y = data.get_batch(tokens.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed,
+                                  step, micro)
+            with dist.no_sync(model, last=i == len(micro_steps) - 1), ctx:
+                _, loss = model(x.to(device), y.to(device))
+                (loss / len(micro_steps)).backward()  # DDP then averages over processes: the mean over all micros
+            loss_sum += loss.detach()
+        train_loss = dist.mean(loss_sum / len(micro_steps)).item()
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"loss became {train_loss} at step {step}; the last good checkpoint in {out_dir} is kept. Try a "
+                f"lower --learning_rate (now {train_cfg.learning_rate:g}), --grad_clip=1, or --dtype=float32")
+        if train_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        tokens_per_sec = tokens_seen / (time.perf_counter() - started)
+        if progress:
+            progress.update(1)
+            progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+        if logger and (step % 10 == 0 or step == train_cfg.max_iters):
+            logger.log({"train/loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec}, step)
+
+        last = step == train_cfg.max_iters
+        if step % train_cfg.eval_interval == 0 or last:
+            losses = dist.evaluate(lambda: estimate_loss(compiled, tokens, train_cfg, model_cfg.block_size, ctx, device))
+            if dist.is_main:
+                bpc = losses["val"] / math.log(2) / tokens.chars_per_token
+                improved = losses["val"] < best_val
+                message = (f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                           f"val {bpc:.3f} bits/char, {time.perf_counter() - started:.0f}s")
+                (progress.write if progress else print)(message + (" (best so far)" if improved else ""))
+                if logger:
+                    logger.log({"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
+                                "eval/val_bits_per_char": bpc}, step)
+                if improved:
+                    best_val = losses["val"]
+                    write_checkpoint("best_checkpoint.tar")
+        if dist.is_main and (step % train_cfg.checkpoint_interval == 0 or last):
+            write_checkpoint("model_checkpoint.tar")
+    if progress:
+        progress.close()
+    if dist.is_main:
+        elapsed = time.perf_counter() - started
+        print(f"done: {step} steps in {elapsed:.0f}s ({tokens_seen / elapsed:,.0f} tokens/s), best val loss "
+              f"{best_val:.4f}; checkpoints in {out_dir}/")
+        if train_cfg.sample_tokens:
+            print_sample(raw_model, tokenizer, train_cfg.sample_tokens, device, ctx)
+    if logger:
+        logger.finish()
+    dist.stop()
+
+
+def maybe_compile(model, compile_requested: bool):
+    if not compile_requested:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # no compiler toolchain, unsupported platform ...
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training without it")
+        return model
+
+
+def make_progress_bar(start: int, total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    interactive = sys.stdout.isatty()  # in a log file, redraw rarely instead of twice a second
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stdout,
+                mininterval=0.5 if interactive else 30.0)
+
+
+def print_sample(model, tokenizer: Tokenizer, num_tokens: int, device, ctx):
+    """A few hundred tokens from the trained model, started from a newline (or end-of-text) token."""
+    start = tokenizer.eot_id if tokenizer.eot_id is not None else tokenizer.encode("\n")[0]
+    model.eval()
+    torch.manual_seed(0)
+    with ctx:
+        ids = model.generate(torch.tensor([[start]], device=device), num_tokens, temperature=0.8, top_k=None)
+    print("\n--- sample ---\n" + tokenizer.decode(ids[0, 1:].tolist()).strip() + "\n--------------")
+
+
+class WandbLogger:
+    """Weights & Biases logging, imported only when asked for; offline (no account, no network) unless
+    WANDB_MODE says otherwise. `wandb sync out/wandb/...` uploads an offline run later."""
+
+    def __init__(self, train_cfg: TrainConfig, model_cfg: ModelConfig):
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        os.makedirs(train_cfg.out_dir, exist_ok=True)
+        self.run = wandb.init(project=train_cfg.wandb_project, dir=train_cfg.out_dir,
+                              config={**config_dict(model_cfg), **config_dict(train_cfg)})
+
+    def log(self, metrics: dict, step: int):
+        self.run.log(metrics, step=step)
+
+    def finish(self):
+        self.run.finish()
+
+
+if __name__ == "__main__":
+    run_main(main, user_errors=(TokenizerError,))
