@@ -1,13 +1,14 @@
-"""scratchgpt's tokenizers: hand-written, and saved in Hugging Face's tokenizer.json format.
+"""scratchgpt's tokenizers: hand-written, trained exactly like Hugging Face `tokenizers`, saved as tokenizer.json.
 
 Reading order (minbpe's layout: a shared core, then one small file per variant):
-  1. base.py            - TokenizerError, reading a corpus, the Tokenizer base class, tokenizer.json save/load
+  1. base.py            - TokenizerError, reading a corpus, the Tokenizer base class, pairs, merging, tokenizer.json
   2. char.py            - one token per character (the teaching default)
   3. train.py           - how BPE learns merges: a readable reference trainer and the fast incremental one
-  4. pretokenize.py     - text -> counted words, as Hugging Face's trainer sees it (line by line)
-  5. bpe.py             - vanilla BPE over characters, SentencePiece's '▁' word-boundary marker
+  4. pretokenize.py     - text -> words, and the corpus's words counted as Hugging Face's trainer sees them
+  5. bpe.py             - vanilla BPE over characters, SentencePiece's '▁' word-boundary marker, [UNK]
   6. bbpe.py            - GPT-2's byte-level BPE: every string is encodable
-  7. train_tokenizer.py - the command line
+  7. hf_reference.py    - the Hugging Face configurations we reproduce exactly
+  8. train_tokenizer.py - the command line
 
     >>> from tokenizer import train_tokenizer, load_tokenizer
     >>> tok = train_tokenizer("bbpe", "input.txt", vocab_size=4096)
@@ -15,19 +16,34 @@ Reading order (minbpe's layout: a shared core, then one small file per variant):
     True
 """
 from .base import EOT, Tokenizer, TokenizerError, load_tokenizer, read_corpus
+from .bbpe import ALPHABET, ByteLevelBPETokenizer
+from .bpe import BPETokenizer
 from .char import CharTokenizer
+from .hf_reference import SPECIAL_TOKENS
+from .pretokenize import count_words
+from .train import train_fast
 
 KINDS = ("char", "bpe", "bbpe")
 
 
 def train_tokenizer(kind: str, corpus_path: str, vocab_size: int | None = None, progress: bool = True) -> Tokenizer:
-    """Train a tokenizer of `kind` on the file at `corpus_path`; `vocab_size` is ignored for "char"."""
+    """Train a tokenizer of `kind` on the file at `corpus_path`; `vocab_size` is ignored for "char".
+
+    For bpe and bbpe the vocabulary and merges equal those of Hugging Face `tokenizers` configured as in
+    hf_reference.py. If the corpus runs out of pairs first, the vocabulary is smaller than `vocab_size`."""
     if kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    text = read_corpus(corpus_path)
     if kind == "char":
-        return CharTokenizer.train(read_corpus(corpus_path))
-    raise TokenizerError(f"tokenizer kind {kind!r} is not implemented yet; use 'char'")
+        return CharTokenizer.train(text)
+    if vocab_size is None or vocab_size < 1:
+        raise TokenizerError(f"a {kind} tokenizer needs a positive vocab_size, got {vocab_size}")
+    word_counts = count_words(text, kind)
+    alphabet = ALPHABET if kind == "bbpe" else ()
+    vocab, merges = train_fast(word_counts, vocab_size, SPECIAL_TOKENS[kind], alphabet, progress=progress)
+    cls = ByteLevelBPETokenizer if kind == "bbpe" else BPETokenizer
+    return cls(vocab, merges, SPECIAL_TOKENS[kind])
 
 
-__all__ = ["EOT", "KINDS", "Tokenizer", "TokenizerError", "CharTokenizer", "train_tokenizer", "load_tokenizer",
-           "read_corpus"]
+__all__ = ["EOT", "KINDS", "Tokenizer", "TokenizerError", "CharTokenizer", "BPETokenizer", "ByteLevelBPETokenizer",
+           "train_tokenizer", "load_tokenizer", "read_corpus"]

@@ -14,12 +14,15 @@ Read next: char.py (the simplest kind), then train.py (how BPE learns its merges
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
 
+_NEVER = float("inf")
 EOT = "<|endoftext|>"  # the end-of-text token placed between documents (GPT-2's name for it)
 
 
@@ -67,6 +70,30 @@ def atomic_write(path: str, text: str) -> None:
     except OSError as e:
         os.unlink(tmp)
         raise TokenizerError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def count_pairs(words: list[list[int]], counts: list[int]) -> dict[tuple[int, int], int]:
+    """Rule 8 (rules doc C): how often each adjacent pair occurs, each word weighted by its count.
+    [[1, 2, 3, 1, 2]], [1] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}; overlaps count: [[7, 7, 7]], [1] -> {(7, 7): 2}."""
+    pairs = {}
+    for word, count in zip(words, counts):
+        for pair in zip(word, word[1:]):
+            pairs[pair] = pairs.get(pair, 0) + count
+    return pairs
+
+
+def merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Rule 12: replace each occurrence of `pair` by `new_id`, scanning left to right, without overlap.
+    [1, 2, 3, 1, 2], (1, 2), 4 -> [4, 3, 4];  [7, 7, 7], (7, 7), 8 -> [8, 7]."""
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == pair[0] and word[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
 
 
 class Tokenizer:
@@ -125,6 +152,63 @@ class Tokenizer:
     def encode_corpus(self, text: str) -> np.ndarray:
         """Encode a whole corpus into a compact numpy array, with the same ids as `encode` (kinds make it fast)."""
         return np.array(self.encode(text), dtype=smallest_id_dtype(self.vocab_size))
+
+    # --- applying merges to a word: the encoder shared by bpe and bbpe ---------------------------------------
+    def _apply_merges(self, ids: list[int]) -> list[int]:
+        """Encode one word, given as its characters' ids: merge the pair of lowest rank (learned earliest), all
+        its occurrences left to right, until no adjacent pair has a merge. Same result as HF's word.rs merge_all,
+        which pops (rank, position) from a heap. With merges [(a, b), (ab, c)]: a b c a b -> ab c ab -> abc ab."""
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = min(zip(ids, ids[1:]), key=lambda pair: ranks.get(pair, (_NEVER,))[0])
+            if best not in ranks:
+                break
+            ids = merge_word(ids, best, ranks[best][1])
+        return ids
+
+    @property
+    def _ranks(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(left id, right id) -> (rank, id of the merged token), built on first use."""
+        if "_rank_table" not in self.__dict__:
+            self._rank_table = {}
+            for rank, (left, right) in enumerate(self.merges):
+                pair = (self.vocab[left], self.vocab[right])
+                self._rank_table[pair] = (rank, self.vocab[left + right])  # a repeated pair keeps the later rank
+        return self._rank_table
+
+    def _encode_words(self, words, to_ids) -> list[int]:
+        """Encode pre-tokenized words, remembering each distinct word's ids (words repeat a lot in real text)."""
+        cache = self.__dict__.setdefault("_word_cache", {})
+        if len(cache) > 200_000:
+            cache.clear()
+        out = []
+        for word in words:
+            ids = cache.get(word)
+            if ids is None:
+                ids = cache[word] = self._apply_merges(to_ids(word))
+            out.extend(ids)
+        return out
+
+    def _split_special(self, text: str, allowed_special: bool) -> list[tuple[str, bool]]:
+        """[(segment, is_special)]: special tokens cut out of the text only if allowed (HF always cuts them)."""
+        if not allowed_special or not self.special_tokens:
+            return [(text, False)]
+        pattern = "(" + "|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")"
+        return [(part, i % 2 == 1) for i, part in enumerate(re.split(pattern, text)) if part]
+
+    def _encode_corpus_with_hf(self, text: str, boundary: re.Pattern, boundary_at_end: bool) -> np.ndarray:
+        """The fast path: Hugging Face's Rust encoder, on chunks of ~64k characters encoded in parallel. Chunks are
+        cut only where no pre-tokenized word spans the cut (`boundary`), so the ids equal those of `encode`."""
+        chunks, start = [], 0
+        while start < len(text):
+            match = boundary.search(text, start + 65536)
+            end = len(text) if match is None else (match.end() if boundary_at_end else match.start())
+            chunks.append(text[start:end])
+            start = end
+        encodings = self.to_hf().encode_batch(chunks, add_special_tokens=False)
+        ids = [encoding.ids for encoding in encodings]
+        total = sum(len(chunk_ids) for chunk_ids in ids)
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=smallest_id_dtype(self.vocab_size), count=total)
 
     def to_dict(self) -> dict:
         """The tokenizer.json content, laid out field for field like Hugging Face's own files (rules doc E14-15)."""
