@@ -168,7 +168,8 @@ def main(argv=None):
         accumulation = (f" ({train_cfg.gradient_accumulation_steps} micro-batches of {train_cfg.batch_size} "
                         f"accumulated{f' over {dist.world_size} processes' if dist.enabled else ''})"
                         if train_cfg.gradient_accumulation_steps > 1 else "")
-        print(f"training: {tokens_per_step:,} tokens per step{accumulation}, steps {step} -> {train_cfg.max_iters}, "
+        scope = "global " if dist.enabled else ""
+        print(f"training: {tokens_per_step:,} {scope}tokens per step{accumulation}, steps {step} -> {train_cfg.max_iters}, "
               f"lr {train_cfg.learning_rate:g} (warmup {train_cfg.warmup_iters}, cosine to {train_cfg.min_lr:g} "
               f"at {train_cfg.lr_decay_iters or train_cfg.max_iters}), device {device}, dtype "
               f"{str(dtype).replace('torch.', '')}{' autocast' if dtype != torch.float32 else ''}")
@@ -210,7 +211,8 @@ def main(argv=None):
         tokens_per_sec = tokens_seen / (time.perf_counter() - started)
         if progress:
             progress.update(1)
-            progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+            progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}",
+                                 refresh=False)
         if logger and (step % 10 == 0 or step == train_cfg.max_iters):
             logger.log({"train/loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec}, step)
 

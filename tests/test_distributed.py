@@ -1,0 +1,68 @@
+"""torchrun + DDP on CPU (gloo): two processes train exactly what one process with accumulation 2 trains."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2", "--batch_size=8",
+         "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--eval_interval=8", "--dropout=0.0",
+         "--gradient_accumulation_steps=2", "--lr_decay_iters=40", "--warmup_iters=4"]
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+
+
+def run(corpus, out_dir, *extra, processes=1):
+    if processes == 1:
+        command = [sys.executable, "playground.py", "--device=cpu"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   "playground.py"]
+    result = subprocess.run([*command, corpus, f"--out_dir={out_dir}", *FLAGS, *extra], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def eval_lines(log):
+    return [line.split(", val ")[0].split("\r")[-1] for line in log.splitlines() if "train loss" in line]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(" ".join(words[(i * 7 + j * 3) % 5] for j in range(i % 6 + 2)) for i in range(3000)))
+    return str(path)
+
+
+def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
+    log2 = run(corpus, tmp_path / "two", "--max_iters=24", processes=2)
+    log1 = run(corpus, tmp_path / "one", "--max_iters=24")
+    assert log2.count("global tokens per step") == 1  # only rank 0 prints
+    assert eval_lines(log2) == eval_lines(log1) and len(eval_lines(log1)) == 3
+    a = checkpoint.load_checkpoint(tmp_path / "one" / "model_checkpoint.tar")
+    b = checkpoint.load_checkpoint(tmp_path / "two" / "model_checkpoint.tar")
+    assert a["step"] == b["step"] == 24
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_two_process_run_resumed_by_one_process(corpus, tmp_path):
+    run(corpus, tmp_path / "mixed", "--max_iters=16", processes=2)
+    log = run(corpus, tmp_path / "mixed", "--max_iters=24", "--resume")
+    assert "steps 16 -> 24" in log
+    run(corpus, tmp_path / "straight", "--max_iters=24")
+    a = checkpoint.load_checkpoint(tmp_path / "mixed" / "model_checkpoint.tar")
+    b = checkpoint.load_checkpoint(tmp_path / "straight" / "model_checkpoint.tar")
+    assert a["step"] == 24
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
