@@ -48,7 +48,7 @@ class ModelConfig:
     num_of_heads: int = arg(8, "attention heads per block; must divide embedding_dim")
     dropout: float = arg(0.0, "dropout probability in [0, 1) on attention weights and residual branches")
     bias: bool = arg(True, "use biases in Linear layers and LayerNorms, as GPT-2 does")
-    attention_backend: str = arg("manual", "'manual' (hand-written attention.py) or 'sdpa' (torch's fused kernel)",
+    attention_backend: str = arg("manual", "hand-written attention.py, or torch's fused scaled_dot_product_attention",
                                  choices=("manual", "sdpa"))
 
     def __post_init__(self):
@@ -80,16 +80,16 @@ class TrainConfig:
     eval_interval: int = arg(500, "evaluate train and val loss every this many steps (and at the end)")
     eval_iters: int = arg(50, "batches averaged per loss estimate")
     checkpoint_interval: int = arg(500, "write out_dir/model_checkpoint.tar every this many steps (and at the end)")
-    out_dir: str = arg("out", "where checkpoints and the token cache go")
+    out_dir: str = arg("out", "where checkpoints (and offline wandb logs) are written")
     resume: bool = arg(False, "continue the run saved in out_dir/model_checkpoint.tar")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
-    dtype: str = arg("auto", "'float32', 'bfloat16' (autocast), or 'auto' (bfloat16 where it is fast)",
+    dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto picks bfloat16 where the hardware is fast at it",
                      choices=("auto", "float32", "bfloat16"))
     compile: bool = arg(False, "torch.compile the model (falls back to eager with a warning if it fails)")
     seed: int = arg(1337, "random seed for initialisation and batch sampling")
     wandb: bool = arg(False, "log metrics and config to Weights & Biases (offline unless WANDB_MODE says otherwise)")
     wandb_project: str = arg("scratchgpt", "Weights & Biases project name")
-    sample_tokens: int = arg(300, "characters' worth of tokens to sample at the end (0 = no sample)")
+    sample_tokens: int = arg(300, "tokens to sample from the model at the end of training (0 = no sample)")
 
     def __post_init__(self):
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
@@ -240,6 +240,15 @@ def _read_yaml(path: str, fields) -> dict:
     return data
 
 
+def markdown_reference(classes) -> str:
+    """The settings as a Markdown table (the README's command-line reference; a test keeps the two in sync)."""
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for name, (f, _) in _fields(classes).items():
+        choices = f" ({' / '.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
+        rows.append(f"| `--{name}` | `{f.default}` | {f.metadata['help'].replace('%%', '%')}{choices} |")
+    return "\n".join(rows)
+
+
 def run_main(main, user_errors=()):
     """Run a script's main(); a user mistake becomes one line on stderr and exit status 1, Ctrl-C exits 130."""
     try:
@@ -250,3 +259,18 @@ def run_main(main, user_errors=()):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def update_readme(path: str = "README.md"):
+    """Rewrite the README's command-line reference from the dataclasses (run `python config.py`)."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    start, end = "<!-- reference:start -->\n", "<!-- reference:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    Path(path).write_text(head + start + markdown_reference((ModelConfig, TrainConfig)) + "\n" + end + tail)
+
+
+if __name__ == "__main__":
+    update_readme()

@@ -76,3 +76,12 @@ def test_help_lists_every_field_with_its_default():
                  "checkpoint_interval", "out_dir", "resume", "device", "dtype", "compile", "seed", "wandb", "config"]:
         assert f"--{name}" in text
     assert "(default: 4)" in text
+
+
+def test_readme_reference_is_in_sync_with_the_dataclasses():
+    from pathlib import Path
+
+    from config import markdown_reference
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert markdown_reference(CLASSES) in readme, "README is stale: run `python config.py` to refresh it"
