@@ -1,16 +1,19 @@
 """Multi-head attention, written out by hand (Vaswani et al. 2017, "Attention Is All You Need", section 3.2).
 
-Two pieces:
+Three pieces:
 
-- `scaled_dot_product_attention(q, k, v, ...)`: eq. 1 of the paper, softmax(q k^T / sqrt(d_k)) v, with the same
-  arguments and the same results as `torch.nn.functional.scaled_dot_product_attention` (tests/test_attention.py
-  proves it, forward and backward).
+- `attention_reference(q, k, v, ...)`: eq. 1 of the paper, softmax(q k^T / sqrt(d_k)) v, in five obvious lines;
+  autograd derives the backward. Read this one first.
+- `scaled_dot_product_attention(q, k, v, ...)`: the same function, as fast as we can make it in plain PyTorch (a
+  hand-written backward, causal blocks that skip the masked upper triangle, no needless copies). It takes the same
+  arguments as `torch.nn.functional.scaled_dot_product_attention` and gives the same results; tests/test_attention.py
+  proves that the three agree, values and gradients.
 - `MultiHeadAttention`: section 3.2.2 — project the input to queries, keys and values, split them into heads, attend
   in every head at once, merge the heads and project back. Causal (GPT) or bidirectional (BERT), with an optional
   padding mask, and a key/value cache so that generating one more token costs one position, not the whole context.
 
 Shape letters used in the comments:
-    B batch, H heads, L query length, S key length, E query/key size, Ev value size,
+    B batch, H heads, L query length, S key length, E query/key size, Ev value size, N batch dims flattened (B * H),
     T time (tokens in the input), C channels (embedding_dim), D head size (C // H).
 
 Read next: gpt.py, which stacks this into a GPT.
@@ -21,6 +24,14 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+# Causal attention of at least CAUSAL_BLOCKS_FROM queries is computed BLOCK_ROWS queries at a time: a block needs the
+# keys up to its last query only, so most of the masked upper triangle is never computed (4 blocks skip 3/8 of it),
+# and a block's scores are small enough to stay in cache. Shorter sequences run in one block (the loop would cost more
+# than it saves). Measured with bench/attention.py.
+BLOCK_ROWS = 64
+CAUSAL_BLOCKS_FROM = 256
 
 
 @lru_cache(maxsize=32)
@@ -34,55 +45,149 @@ def causal_mask(L: int, S: int, device: torch.device, offset: int = 0) -> torch.
     return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=offset)  # (L, S)
 
 
+def _combine_masks(attn_mask, is_causal, L, S, device):
+    """Fold attn_mask and is_causal into one mask; return it with the rows it blocks completely.
+
+    The mask is None, boolean (True = may attend) or float (added to the scores), broadcastable to (..., L, S).
+    A row that blocks every key would be softmax(-inf, ..., -inf) = NaN; such rows are opened up here and returned as
+    `empty_rows` (..., L, 1), so that the caller can zero their output: neither values nor gradients ever see a NaN.
+    """
+    if attn_mask is not None:
+        attn_mask = torch.atleast_2d(attn_mask)  # (..., L or 1, S or 1)
+    if is_causal:
+        causal = causal_mask(L, S, device)  # (L, S)
+        if attn_mask is None:
+            return causal, None  # query i always sees key 0, so no row is empty
+        if attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask & causal  # (..., L, S), both must allow
+        else:
+            attn_mask = attn_mask.masked_fill(~causal, float("-inf"))  # (..., L, S)
+    if attn_mask is None:
+        return None, None
+    blocked = ~attn_mask if attn_mask.dtype == torch.bool else torch.isneginf(attn_mask)  # (..., L, S)
+    empty_rows = blocked.all(dim=-1, keepdim=True)  # (..., L, 1)
+    if not empty_rows.any():
+        return attn_mask, None
+    if attn_mask.dtype == torch.bool:
+        return attn_mask | empty_rows, empty_rows  # (..., L, S)
+    return attn_mask.masked_fill(empty_rows, 0.0), empty_rows  # (..., L, S)
+
+
+def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """softmax(q k^T * scale + mask) v, the obvious way; arguments as in scaled_dot_product_attention below."""
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale  # the paper's 1/sqrt(d_k) (eq. 1)
+    mask, empty_rows = _combine_masks(attn_mask, is_causal, q.size(-2), k.size(-2), q.device)
+    att = (q * scale) @ k.transpose(-2, -1)  # (..., L, S), the score of every query against every key
+    if mask is not None and mask.dtype == torch.bool:
+        att = att.masked_fill(~mask, float("-inf"))  # (..., L, S); -inf, never a finite stand-in: exp(-inf) = 0
+    elif mask is not None:
+        att = att + mask  # (..., L, S)
+    att = torch.softmax(att, dim=-1)  # (..., L, S), each row sums to 1
+    if empty_rows is not None:
+        att = att.masked_fill(empty_rows, 0.0)  # (..., L, S), a query with nothing to attend to outputs zeros
+    if dropout_p > 0.0:
+        att = F.dropout(att, p=dropout_p)  # (..., L, S), drops whole attention links; survivors scaled by 1/(1-p)
+    return att @ v  # (..., L, Ev), a weighted average of the values
+
+
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     """softmax(q k^T * scale + mask) v, matching torch.nn.functional.scaled_dot_product_attention.
 
     q: (..., L, E), k: (..., S, E), v: (..., S, Ev) -> (..., L, Ev). The leading dimensions broadcast.
     attn_mask: boolean (True = may attend) or float (added to the scores), broadcastable to (..., L, S).
     is_causal: query i attends to keys 0..i. Like torch, the mask is aligned top-left when L != S (query i sees keys
-        0..i even if there are more keys than queries), and an explicit attn_mask is combined with it (both must allow).
+        0..i even if there are more keys than queries). Given together with attn_mask, both must allow a key
+        (torch 2.13 raises an error for this combination instead).
     scale: defaults to 1/sqrt(E), the paper's 1/sqrt(d_k) (eq. 1).
     A query whose keys are all masked gets an output of zeros (torch does the same), not NaN.
+
+    The common case (no dropout, a mask that needs no gradient, q, k and v with the same leading dimensions) takes the
+    fast path below; everything else goes to attention_reference.
     """
-    L, S = q.size(-2), k.size(-2)
+    batch = q.shape[:-2]
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    fast = dropout_p == 0.0 and k.shape[:-2] == batch and v.shape[:-2] == batch
+    if attn_mask is not None:  # the mask must not need a gradient, nor add batch dimensions to the output
+        fast = fast and not attn_mask.requires_grad and torch.broadcast_shapes(attn_mask.shape[:-2], batch) == batch
+    if not fast:
+        return attention_reference(q, k, v, attn_mask, dropout_p, is_causal, scale)
+    mask, empty_rows = _combine_masks(attn_mask, is_causal, q.size(-2), k.size(-2), q.device)
+    return _Attention.apply(q, k, v, mask, empty_rows, is_causal, scale)
 
-    # Fold the mask arguments into one boolean "may attend" mask, or an additive float one.
-    if is_causal:
-        causal = causal_mask(L, S, q.device)  # (L, S)
-        if attn_mask is None:
-            attn_mask = causal
-        elif attn_mask.dtype == torch.bool:
-            attn_mask = attn_mask & causal  # (..., L, S)
-        else:
-            attn_mask = attn_mask.masked_fill(~causal, float("-inf"))  # (..., L, S)
 
-    # A row with every key masked would be softmax(-inf, ..., -inf) = NaN. Find such rows on the (small) mask, let
-    # them attend everywhere instead, and zero their output at the end, so neither values nor gradients see a NaN.
-    empty_rows = None
-    if attn_mask is not None and not (is_causal and attn_mask is causal):  # a causal mask never empties a row
-        blocked = ~attn_mask if attn_mask.dtype == torch.bool else torch.isneginf(attn_mask)
-        empty = blocked.all(dim=-1, keepdim=True)  # (..., L, 1)
-        if empty.any():
-            empty_rows = empty
-            attn_mask = attn_mask | empty if attn_mask.dtype == torch.bool else attn_mask.masked_fill(empty, 0.0)
+def _rows(mask, a, b, e):
+    """The part of a broadcastable (..., L or 1, S or 1) mask for queries a..b-1 and keys 0..e-1."""
+    if mask.size(-2) > 1:
+        mask = mask[..., a:b, :]  # (..., b - a, S)
+    return mask[..., :e]  # (..., b - a, e)
 
-    # Scale the queries (L x E numbers) rather than the scores (L x S numbers): same result, less work.
-    att = (q * scale) @ k.transpose(-2, -1)  # (..., L, S)
-    if attn_mask is not None:
-        if torch.broadcast_shapes(att.shape, attn_mask.shape) != att.shape:  # the mask has more batch dims than q
-            att = att.expand(torch.broadcast_shapes(att.shape, attn_mask.shape))  # (..., L, S)
-            att = att.contiguous()
-        if attn_mask.dtype == torch.bool:
-            att.masked_fill_(~attn_mask, float("-inf"))  # -inf, never a finite stand-in: exp(-inf) is exactly 0
-        else:
-            att.add_(attn_mask)
-    att = torch.softmax(att, dim=-1)  # (..., L, S), each row sums to 1
-    if empty_rows is not None:
-        att = att.masked_fill(empty_rows, 0.0)  # (..., L, S)
-    if dropout_p > 0.0:
-        att = F.dropout(att, p=dropout_p)  # drop whole attention links; survivors are scaled by 1/(1-p)
-    return att @ v  # (..., L, Ev)
+
+class _Attention(torch.autograd.Function):
+    """Attention with a hand-written backward, one block of queries at a time.
+
+    Forward, per block:  scores = (scale q) k^T + mask,  P = softmax(scores),  O = P v.
+    Backward, given dO = dLoss/dO (the chain rule through each line above, bottom to top):
+        dV = P^T dO                    dP = dO V^T
+        dS = P * (dP - rowsum(dP * P))  the softmax backward, done in place in the buffer of dP
+        dQ = scale dS K                dK = dS^T (scale q)
+    rowsum(dP * P) = rowsum(dO * O), which costs L x Ev numbers instead of L x S (FlashAttention, Dao et al. 2022,
+    appendix B.2). Compared with autograd on attention_reference this saves the (L x S) buffers of the masked scores,
+    of the softmax gradient and of the masking's gradient: fewer passes over the biggest tensors there are.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, empty_rows, causal, scale):
+        *batch, L, E = q.shape
+        S, Ev = k.size(-2), v.size(-1)
+        ctx.shapes = q.shape, k.shape, v.shape
+        # Flatten the batch dimensions so that every product is one batched matmul (bmm) of contiguous matrices.
+        # Scale the queries (L x E numbers) rather than the scores (L x S numbers): same result, less work.
+        q = q.reshape(-1, L, E) * scale  # (N, L, E)
+        k = k.reshape(-1, S, E)  # (N, S, E)
+        v = v.reshape(-1, S, Ev)  # (N, S, Ev)
+        rows = BLOCK_ROWS if causal and L >= CAUSAL_BLOCKS_FROM else L
+        probs, outs = [], []
+        for a in range(0, L, rows):
+            b = min(a + rows, L)
+            e = min(b, S) if causal else S  # causal: queries a..b-1 attend to no key after b-1
+            att = torch.bmm(q[:, a:b], k[:, :e].transpose(1, 2))  # (N, b - a, e)
+            if mask is not None:
+                att_view = att.view(*batch, b - a, e)  # (..., b - a, e), to broadcast the mask against
+                block_mask = _rows(mask, a, b, e)  # (..., b - a, e)
+                if mask.dtype == torch.bool:
+                    att_view.masked_fill_(~block_mask, float("-inf"))  # in place: no second (L x S) buffer
+                else:
+                    att_view.add_(block_mask)
+            torch.softmax(att, dim=-1, out=att)  # (N, b - a, e), in place: each row is read before it is written
+            if empty_rows is not None:
+                att.view(*batch, b - a, e).masked_fill_(_rows(empty_rows, a, b, 1), 0.0)
+            outs.append(torch.bmm(att, v[:, :e]))  # (N, b - a, Ev)
+            probs.append(att)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (N, L, Ev)
+        ctx.save_for_backward(q, k, v, out, *probs)
+        ctx.scale = scale
+        return out.view(*batch, L, Ev)  # (..., L, Ev)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        q, k, v, out, *probs = ctx.saved_tensors
+        dout = dout.reshape(out.shape)  # (N, L, Ev)
+        delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)  # (N, S, E), (N, S, Ev): blocks add to their keys
+        dqs, a = [], 0
+        for att in probs:
+            b, e = a + att.size(1), att.size(2)
+            dout_block = dout[:, a:b]  # (N, b - a, Ev)
+            dv[:, :e] += torch.bmm(att.transpose(1, 2), dout_block)  # (N, e, Ev)
+            ds = torch.bmm(dout_block, v[:, :e].transpose(1, 2))  # (N, b - a, e), dP
+            ds.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dS; masked keys have P = 0, so dS = 0 there
+            dqs.append(torch.bmm(ds, k[:, :e]))  # (N, b - a, E)
+            dk[:, :e] += torch.bmm(ds.transpose(1, 2), q[:, a:b])  # (N, e, E), q is already scaled
+            a = b
+        dq = (torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]).mul_(ctx.scale)  # (N, L, E)
+        q_shape, k_shape, v_shape = ctx.shapes
+        return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape), None, None, None, None
 
 
 class KVCache:
