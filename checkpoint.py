@@ -32,14 +32,16 @@ from tokenizer import Tokenizer
 FORMAT, VERSION = "scratchgpt-lm", 1
 
 
-def save_checkpoint(path, state: dict):
-    """torch.save to a temporary file beside `path`, flush it to disk, then atomically rename it over `path`."""
+def save_checkpoint(path, state: dict, format: str = FORMAT):
+    """torch.save to a temporary file beside `path`, flush it to disk, then atomically rename it over `path`.
+
+    `format` names what the file holds ("scratchgpt-lm"; classify.py writes "scratchgpt-classifier")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            torch.save({"format": format, "version": VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one

