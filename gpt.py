@@ -129,31 +129,19 @@ class GPT(nn.Module):
         return [KVCache(batch_size, c.num_of_heads, c.block_size, c.embedding_dim // c.num_of_heads, device, dtype)
                 for _ in range(c.num_of_layers)]
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
-        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, greedy: bool = False, generator: torch.Generator | None = None,
+                 kv_cache: bool = True, return_probs: bool = False, top_alternatives: int = 0):
+        """Extend idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens) ids (sampling.py does the work).
 
-        Uses a KV cache: after the prompt, each step runs the model on one new position only. When the context
-        is full, the last half of it becomes the new prompt and is re-encoded (learned positions cannot slide).
-        temperature=0 picks the most probable token (greedy).
+        greedy (or temperature=0) takes the argmax; otherwise tokens are sampled from softmax(logits / temperature)
+        cut to top_k and top_p, drawing from `generator` (torch's global RNG when None). kv_cache=False re-runs the
+        whole context at every step (the reference). With return_probs, returns a sampling.Generation that also
+        holds each new token's probability under the model and, with top_alternatives=K, the K most probable tokens
+        at each step. Past block_size, the last half of the context becomes the new prefix (see sampling.py).
         """
-        caches = self.new_kv_caches(idx.size(0))
-        context = idx[:, -self.config.block_size:]  # (B, T')
-        for _ in range(max_new_tokens):
-            if caches[0].length == self.config.block_size:  # full: restart from the last half
-                context = idx[:, -(self.config.block_size // 2):]  # (B, block_size / 2)
-                for cache in caches:
-                    cache.reset()
-            logits, _ = self(context, kv_caches=caches)  # (B, T', V)
-            logits = logits[:, -1, :]  # (B, V)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
-            idx = torch.cat((idx, next_id), dim=1)  # (B, T + 1)
-            context = next_id  # the cache holds everything before it
-        return idx
+        import sampling  # the sampler is its own chapter, and sampling.py needs nothing from this file
+
+        return sampling.generate(self, idx, max_new_tokens, return_probs=return_probs,
+                                 top_alternatives=top_alternatives, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, greedy=greedy, generator=generator, kv_cache=kv_cache)
