@@ -1,0 +1,126 @@
+"""Benchmark (not a test): the hand-written attention of attention.py against torch's fused SDPA, in the same run.
+
+    python bench/attention.py [--repeats 7] [--shapes 12x4x64x32 ...] [--steps 10] [--no-model] [--threads N]
+
+1. Attention alone at training shapes (B, H, T, D), causal, float32: the time of the forward (with autograd on, as in
+   training) and of forward + backward, ours / torch's, and the largest difference between the two (outputs and
+   gradients of q, k, v).
+2. One training step of gpt.GPT (forward, backward, AdamW) at the project's default shape (ModelConfig, TrainConfig
+   batch_size, the char tokenizer's ~83 symbols) with attention_backend="manual" against "sdpa".
+
+The two sides run alternately, after a warm-up, and the median of each is kept: on a shared machine (check `top`) a
+noisy neighbour then slows both sides alike. Rerun when the numbers look noisy.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import attention  # noqa: E402
+
+TRAINING_SHAPES = ["12x4x64x32", "16x4x256x64", "64x6x256x64", "8x12x1024x64"]  # B x H x T x D
+CHAR_VOCAB_SIZE = 83  # the char tokenizer on the built-in Shakespeare corpus
+
+
+def race(ours, theirs, repeats: int, warmup: int = 2):
+    """Median seconds of `ours` and of `theirs`, run alternately (ours first on even rounds, theirs on odd)."""
+    for _ in range(warmup):
+        ours(), theirs()
+    times = {ours: [], theirs: []}
+    for i in range(repeats):
+        for fn in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+            start = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - start)
+    return statistics.median(times[ours]), statistics.median(times[theirs])
+
+
+def bench_attention(shape: str, repeats: int) -> dict:
+    B, H, T, D = (int(n) for n in shape.split("x"))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = [torch.randn(B, H, T, D, generator=g).requires_grad_() for _ in range(3)]  # (B, H, T, D)
+    grad = torch.randn(B, H, T, D, generator=g)  # (B, H, T, D), dLoss/dOutput
+
+    def forward(fn):
+        return lambda: fn(q, k, v, is_causal=True)
+
+    def forward_backward(fn):
+        return lambda: torch.autograd.grad(fn(q, k, v, is_causal=True), (q, k, v), grad)
+
+    ours, theirs = attention.scaled_dot_product_attention, F.scaled_dot_product_attention
+    errors = [(a - b).abs().max().item() for a, b in zip([forward(ours)(), *forward_backward(ours)()],
+                                                         [forward(theirs)(), *forward_backward(theirs)()])]
+    fwd = race(forward(ours), forward(theirs), repeats)
+    fwd_bwd = race(forward_backward(ours), forward_backward(theirs), repeats)
+    return dict(shape=(B, H, T, D), fwd=fwd, fwd_bwd=fwd_bwd, out_error=errors[0], grad_error=max(errors[1:]))
+
+
+def bench_training_step(steps: int) -> tuple[float, float, str]:
+    from config import ModelConfig, TrainConfig
+    from gpt import GPT
+
+    train = TrainConfig()
+    models, steppers = {}, {}
+    for backend in ("manual", "sdpa"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=CHAR_VOCAB_SIZE, attention_backend=backend)
+        model = GPT(cfg)
+        optimizer = model.configure_optimizer(train.learning_rate, train.weight_decay, (train.beta1, train.beta2))
+        g = torch.Generator().manual_seed(1)
+        batch = torch.randint(CHAR_VOCAB_SIZE, (train.batch_size, cfg.block_size + 1), generator=g)  # (B, T + 1)
+        idx, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each, targets shifted by one
+
+        def step(model=model, optimizer=optimizer, idx=idx, targets=targets):
+            logits, loss = model(idx, targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        models[backend], steppers[backend] = cfg, step
+    cfg = models["manual"]
+    shape = (f"B={train.batch_size} T={cfg.block_size} C={cfg.embedding_dim} layers={cfg.num_of_layers} "
+             f"heads={cfg.num_of_heads} V={CHAR_VOCAB_SIZE}")
+    manual, sdpa = race(steppers["manual"], steppers["sdpa"], steps, warmup=3)
+    return manual, sdpa, shape
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=TRAINING_SHAPES, help="attention shapes, BxHxTxD")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per measurement (median kept)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per backend (median kept)")
+    parser.add_argument("--no-model", action="store_true", help="skip the training-step comparison")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f} on "
+          f"{os.cpu_count()} cores{'  (busy machine: expect noise)' if load > 0.5 else ''}")
+
+    print("\nattention alone, causal, float32; ms are medians; ratio = ours / torch SDPA (lower is better)")
+    print(f"{'B, H, T, D':>20} | {'fwd ours':>9} {'sdpa':>8} {'ratio':>6} | {'fwd+bwd ours':>12} {'sdpa':>8} "
+          f"{'ratio':>6} | max |ours - sdpa| out, grads")
+    for shape in args.shapes:
+        repeats = args.repeats if int(shape.split("x")[2]) < 1024 else max(3, args.repeats // 2)  # the big one is slow
+        r = bench_attention(shape, repeats)
+        (f_ours, f_sdpa), (fb_ours, fb_sdpa) = r["fwd"], r["fwd_bwd"]
+        print(f"{str(r['shape']):>20} | {f_ours * 1e3:9.2f} {f_sdpa * 1e3:8.2f} {f_ours / f_sdpa:5.2f}x | "
+              f"{fb_ours * 1e3:12.2f} {fb_sdpa * 1e3:8.2f} {fb_ours / fb_sdpa:5.2f}x | "
+              f"{r['out_error']:.1e}, {r['grad_error']:.1e}", flush=True)
+
+    if not args.no_model:
+        manual, sdpa, shape = bench_training_step(args.steps)
+        print(f"\ntraining step (forward + backward + AdamW), gpt.GPT at the defaults: {shape}")
+        print(f"  attention_backend=manual {manual * 1e3:.1f} ms, sdpa {sdpa * 1e3:.1f} ms: "
+              f"manual / sdpa = {manual / sdpa:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
