@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 from collections import Counter
 
 import regex
@@ -32,8 +33,9 @@ GPT2_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\
 GPT2_LINEWISE = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
                               r"""|[^\S\n]*\n|[^\S\n]+(?!\S)|[^\S\n]+""")
 META = "▁"  # U+2581, SentencePiece's word-boundary marker
-METASPACE_PATTERN = regex.compile(r"▁[^▁]*|[^▁]+")
-METASPACE_LINEWISE = regex.compile(r"▁[^▁\n]*\n?|[^▁\n]+\n?|\n")
+# Only literal characters here, so the faster stdlib `re` is exact.
+METASPACE_PATTERN = re.compile(r"▁[^▁]*|[^▁]+")
+METASPACE_LINEWISE = re.compile(r"▁[^▁\n]*\n?|[^▁\n]+\n?|\n")
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -15,6 +15,7 @@ Two trainers, which must give the same merges (tests/test_tokenizer_bpe.py check
   Easy to check against the rules, far too slow for a real corpus (each merge rereads everything).
 - `train_fast` counts pairs once, then after each merge updates only the counts the merge changed, using an
   index pair -> positions where it occurs and a max-heap of counts checked lazily, as HF's trainer.rs does.
+  Merges with many occurrences run vectorized with numpy (train_numpy.py), the rest in a Python loop.
 
 The rules (numbers refer to ../../shared/docs/hf-bpe-rules.md, read from HF's models/bpe/trainer.rs and word.rs):
   5-6  specials first, then the alphabet in code-point order                   -> initial_vocab
@@ -23,20 +24,24 @@ The rules (numbers refer to ../../shared/docs/hf-bpe-rules.md, read from HF's mo
   10   stop below a count of 1, when no pair is left, or at vocab_size          -> both loops
   11   the new token's string is left + right; an existing string keeps its id  -> add_merge
   12   merge left to right without overlap ("a a a" -> "aa a")                  -> merge_word / _merge_at
-  13   update counts: -(prev, left) -(right, next) +(prev, new) +(new, next)    -> _merge_at
+  13   update counts: -(prev, left) -(right, next) +(prev, new) +(new, next)    -> _merge_at / merge_vectorized
+HF's one quirk kept: a merge whose string is already a token reuses that id (add_merge), so the vocabulary may
+end smaller than vocab_size + merges suggest; it needs a corpus containing e.g. '[UNK]' literally.
 
-Read next: pretokenize.py, which turns text into the counted words.
+Read next: train_numpy.py (the vectorized merges), then pretokenize.py (how text becomes counted words).
 """
 from __future__ import annotations
 
 import heapq
+from array import array
+from collections import defaultdict
 
 import numpy as np
 from tqdm import tqdm
 
 from .base import TokenizerError, count_pairs, merge_word  # rules 8 and 12 live in base.py
+from .train_numpy import ID_BITS, initial_state, merge_vectorized
 
-ID_BITS = 20                      # a pair (a, b) is packed in one int, a << 20 | b: ids up to ~1M
 ID_MASK = (1 << ID_BITS) - 1
 KEY_BITS = 2 * ID_BITS            # a heap item packs (-count, key) in one int: -count << 40 | key
 
@@ -99,41 +104,15 @@ def train_reference(word_counts: dict[str, int], vocab_size: int, special_tokens
 
 
 # --- the fast trainer: count once, then update incrementally ----------------------------------------------------
-# Every symbol of every distinct word gets a position in flat lists: sym[p] is its token id (-1 once merged
-# away), nxt[p] / prv[p] the positions of its neighbours in the same word (-1 at the word's ends) and
-# weight[p] the count of its word. `where[key]` lists the positions p where the pair key = (sym[p], sym[nxt[p]])
-# occurred when it was recorded; entries can go stale and are checked before use.
-
-def _initial_state(words: list[str], counts: list[int], vocab: dict[str, int]):
-    """Positions, pair counts and pair -> positions for all words, computed with numpy in one pass."""
-    lengths = np.array([len(w) for w in words], dtype=np.int64)
-    chars = np.array(sorted(c for c in vocab if len(c) == 1), dtype=object)
-    char_ids = np.array([vocab[c] for c in chars], dtype=np.int64)
-    code_points = np.array([ord(c) for c in chars], dtype=np.int64)
-    text = np.frombuffer("".join(words).encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
-    sym = char_ids[np.searchsorted(code_points, text)]                        # every char is in the alphabet
-    n = len(sym)
-    ends = np.cumsum(lengths) - 1                                            # last position of each word
-    starts = ends - lengths + 1
-    nxt = np.arange(1, n + 1, dtype=np.int64)
-    nxt[ends] = -1
-    prv = np.arange(-1, n - 1, dtype=np.int64)
-    prv[starts] = -1
-    weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
-    left = np.flatnonzero(nxt >= 0)                                          # positions that start a pair
-    keys = (sym[left] << ID_BITS) | sym[left + 1]
-    unique_keys, inverse = np.unique(keys, return_inverse=True)
-    pair_counts = np.bincount(inverse, weights=weight[left]).astype(np.int64)
-    order = np.argsort(inverse, kind="stable")                               # positions grouped by pair, ascending
-    groups = np.split(left[order], np.cumsum(np.bincount(inverse))[:-1])
-    where = dict(zip(unique_keys.tolist(), (g.tolist() for g in groups)))
-    counts_by_key = dict(zip(unique_keys.tolist(), pair_counts.tolist()))
-    return sym.tolist(), nxt.tolist(), prv.tolist(), weight.tolist(), counts_by_key, where
-
+# The words live in flat arrays of positions (train_numpy.py explains them with an example); `where` maps each
+# pair to the positions where it was seen, `pair_counts` each pair to its count, and a heap orders the pairs.
 
 def train_fast(word_counts: dict[str, int], vocab_size: int, special_tokens: list[str], initial_alphabet=(),
-               progress: bool = False) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Same result as `train_reference`, in time proportional to the work each merge really does."""
+               progress: bool = False, numpy_from: float = 128) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Same result as `train_reference`, in time proportional to the work each merge really does.
+
+    A merge listing `numpy_from` positions or more runs with numpy (merge_vectorized), a smaller one with a
+    Python loop (_merge_at). numpy_from=0 or inf forces one or the other (the tests do both)."""
     words = list(word_counts)
     vocab = initial_vocab(words, special_tokens, initial_alphabet)
     check_vocab_size(vocab_size, vocab, len(special_tokens))
@@ -141,7 +120,10 @@ def train_fast(word_counts: dict[str, int], vocab_size: int, special_tokens: lis
     merges = []
     if not words:
         return vocab, merges
-    sym, nxt, prv, weight, pair_counts, where = _initial_state(words, list(word_counts.values()), vocab)
+    arrays, pair_counts, where = initial_state(words, list(word_counts.values()), vocab)
+    # The same memory seen two ways: Python's array.array for the loop, numpy arrays for vectorized merges.
+    sym, nxt, prv, weight = (array("q", a.tobytes()) for a in arrays)
+    views = [np.frombuffer(a, dtype=np.int64) for a in (sym, nxt, prv, weight)]
     heap = [(-count << KEY_BITS) | key for key, count in pair_counts.items()]  # smallest item = best pair (rule 9)
     heapq.heapify(heap)
     bar = tqdm(total=vocab_size - len(vocab), desc="merges", unit="merge", disable=not progress, mininterval=0.25)
@@ -159,13 +141,17 @@ def train_fast(word_counts: dict[str, int], vocab_size: int, special_tokens: lis
         size_before = len(vocab)
         new_id = add_merge(vocab, id_to_token, merges, left, right)
         positions = where.pop(key, [])
-        if left == right:                            # overlaps are possible: go left to right (rule 12)
-            positions = sorted(set(positions))
         created = {}                                 # pairs that the merge created -> their positions
-        _merge_at(positions, left, right, new_id, sym, nxt, prv, weight, pair_counts, created)
+        if len(positions) >= numpy_from and len(vocab) > size_before:
+            merge_vectorized(positions, left, right, new_id, *views, pair_counts, created)
+        else:
+            positions = positions.tolist() if isinstance(positions, np.ndarray) else positions
+            if left == right:                        # overlaps are possible: go left to right (rule 12)
+                positions = sorted(set(positions))
+            _merge_at(positions, left, right, new_id, sym, nxt, prv, weight, pair_counts, created)
         for new_key, new_positions in created.items():
             if new_key in where:                     # only when new_id existed already (see add_merge)
-                where[new_key].extend(new_positions)
+                where[new_key] = np.unique(np.concatenate([where[new_key], new_positions]).astype(np.int64))
             else:
                 where[new_key] = new_positions
             if pair_counts[new_key] > 0:
@@ -176,28 +162,39 @@ def train_fast(word_counts: dict[str, int], vocab_size: int, special_tokens: lis
 
 
 def _merge_at(positions, left, right, new_id, sym, nxt, prv, weight, pair_counts, created) -> None:
-    """Rules 12-13 at each position that still holds (left, right): merge, and move the neighbours' counts."""
-    new_left_key = new_id << ID_BITS
+    """Rules 12-13 at each position that still holds (left, right): merge, then move the neighbours' counts.
+
+    Each merge at p, with neighbours o before and r after, turns (o, left) into (o, new) and (right, r) into
+    (new, r). The positions are first grouped by the neighbour's symbol, then each group's counts move at once:
+    for "x a b y" and "x a b z" merging (a, b): -2 (x, a) +2 (x, ab), -1 (b, y) +1 (ab, y), -1 (b, z) +1 (ab, z).
+    A neighbour merged by this same call (x a b a b) holds new_id already, which gives the right counts either
+    way round: -(b, a) +(ab, a) from the first merge, then -(ab, a) +(ab, ab) from the second.
+    """
+    after_at, before_at = defaultdict(list), defaultdict(list)  # neighbour's symbol -> positions of the pairs
     for p in positions:
         q = nxt[p]
         if sym[p] != left or q < 0 or sym[q] != right:
             continue                                 # a stale entry: merged away or changed since recorded
-        w = weight[p]
         sym[p] = new_id                              # p now holds the merged token; q disappears
         sym[q] = -1
         r = nxt[q]
         nxt[p] = r
-        if r >= 0:                                   # (right, next) -> (new, next)
+        if r >= 0:
             prv[r] = p
-            after = sym[r]
-            pair_counts[(right << ID_BITS) | after] -= w
-            key = new_left_key | after
-            pair_counts[key] = pair_counts.get(key, 0) + w
-            created.setdefault(key, []).append(p)
+            after_at[sym[r]].append(p)
         o = prv[p]
-        if o >= 0:                                   # (prev, left) -> (prev, new)
-            before = sym[o]
-            pair_counts[(before << ID_BITS) | left] -= w
-            key = (before << ID_BITS) | new_id
-            pair_counts[key] = pair_counts.get(key, 0) + w
-            created.setdefault(key, []).append(o)
+        if o >= 0:
+            before_at[sym[o]].append(o)
+    total = lambda group: sum(map(weight.__getitem__, group))  # each position's word count
+    for after, group in after_at.items():            # (right, after) -> (new, after)
+        count = total(group)
+        pair_counts[(right << ID_BITS) | after] -= count
+        key = (new_id << ID_BITS) | after
+        pair_counts[key] = pair_counts.get(key, 0) + count
+        created.setdefault(key, []).extend(group)
+    for before, group in before_at.items():          # (before, left) -> (before, new)
+        count = total(group)
+        pair_counts[(before << ID_BITS) | left] -= count
+        key = (before << ID_BITS) | new_id
+        pair_counts[key] = pair_counts.get(key, 0) + count
+        created.setdefault(key, []).extend(group)
