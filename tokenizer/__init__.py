@@ -4,11 +4,13 @@ Reading order (minbpe's layout: a shared core, then one small file per variant):
   1. base.py            - TokenizerError, reading a corpus, the Tokenizer base class, pairs, merging, tokenizer.json
   2. char.py            - one token per character (the teaching default)
   3. train.py           - how BPE learns merges: a readable reference trainer and the fast incremental one
-  4. pretokenize.py     - text -> words, and the corpus's words counted as Hugging Face's trainer sees them
-  5. bpe.py             - vanilla BPE over characters, SentencePiece's '▁' word-boundary marker, [UNK]
-  6. bbpe.py            - GPT-2's byte-level BPE: every string is encodable
-  7. hf_reference.py    - the Hugging Face configurations we reproduce exactly
-  8. train_tokenizer.py - the command line
+  4. train_numpy.py     - the fast trainer's vectorized half (first count, merges with many occurrences)
+  5. pretokenize.py     - text -> words, and the corpus's words counted as Hugging Face's trainer sees them
+  6. bpe.py             - vanilla BPE over characters, SentencePiece's '▁' word-boundary marker, [UNK]
+  7. bbpe.py            - GPT-2's byte-level BPE: every string is encodable
+  8. hf_reference.py    - the Hugging Face configurations we reproduce exactly
+  9. train_tokenizer.py - the command line
+README.md says where each of Hugging Face's training rules lives in this code.
 
     >>> from tokenizer import train_tokenizer, load_tokenizer
     >>> tok = train_tokenizer("bbpe", "input.txt", vocab_size=4096)

@@ -6,9 +6,9 @@ what we wrote and encode a multi-megabyte corpus at Rust speed, while our own ha
 readable reference (a test proves the two agree).
 
     >>> tok = train_tokenizer("char", "input.txt")      # see __init__.py
-    >>> tok.encode("hi")                                 # [20, 21]
+    >>> tok.encode("hi")                                 # e.g. [20, 21]
     >>> tok.decode([20, 21])                             # 'hi'
-    >>> Tokenizer.from_json(tok.to_json()).encode("hi")  # [20, 21]: to_json() is what a checkpoint stores
+    >>> Tokenizer.from_json(tok.to_json()).encode("hi")  # [20, 21] again: to_json() is what a checkpoint stores
 
 Read next: char.py (the simplest kind), then train.py (how BPE learns its merges).
 """
@@ -117,7 +117,11 @@ class Tokenizer:
         self.special_tokens = list(special_tokens)   # their ids are in vocab too
         self.id_to_token = {i: t for t, i in self.vocab.items()}
         if sorted(self.id_to_token) != list(range(len(self.vocab))):
-            raise TokenizerError("tokenizer vocabulary ids are not 0..N-1 without gaps; the file is corrupt")
+            raise TokenizerError("its vocabulary ids are not 0..N-1 without gaps")
+        missing = [t for t in self.special_tokens if t not in self.vocab]
+        missing += [f"{a} + {b}" for a, b in self.merges if not {a, b, a + b} <= self.vocab.keys()]
+        if missing:
+            raise TokenizerError(f"special tokens or merges use tokens missing from the vocabulary: {missing[:3]}")
         self.eot_id = self.vocab.get(EOT) if EOT in self.special_tokens else None
 
     @property
@@ -253,7 +257,10 @@ class Tokenizer:
         if kind is None:
             raise TokenizerError(f"{source} is a tokenizer.json of a kind scratchgpt does not know (pre_tokenizer "
                                  f"{(pre or {}).get('type')}); retrain it with tokenizer/train_tokenizer.py")
-        return Tokenizer._kinds[kind](vocab, merges, specials)
+        try:
+            return Tokenizer._kinds[kind](vocab, merges, specials)
+        except TokenizerError as e:
+            raise TokenizerError(f"{source} is corrupt: {e}; retrain it with tokenizer/train_tokenizer.py") from None
 
 
 def _recognise_kind(d: dict) -> str | None:

@@ -13,7 +13,7 @@ A token can hold part of a character (an emoji is 4 bytes), so `decode` joins al
 and `token_str` shows an incomplete character as '�'. The one special token is `<|endoftext|>` (id 0); `encode`
 never produces it from plain text unless `allowed_special=True`.
 
-Read next: train_tokenizer.py, the command line that trains all three kinds.
+Read next: hf_reference.py, the Hugging Face configurations these reproduce, then train_tokenizer.py.
 """
 from __future__ import annotations
 

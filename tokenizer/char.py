@@ -28,7 +28,7 @@ class CharTokenizer(Tokenizer):
     def __init__(self, vocab, merges=(), special_tokens=()):
         super().__init__(vocab, merges, special_tokens)
         if self.merges or any(len(t) != 1 for t in self.vocab):
-            raise TokenizerError("a char tokenizer has one-character tokens and no merges; the file is corrupt")
+            raise TokenizerError("a char tokenizer has one-character tokens and no merges")
         # For encode_corpus: code points in increasing order, and the id of each (ids need not follow that order).
         chars = sorted(self.vocab)
         self._code_points = np.array([ord(c) for c in chars], dtype=np.int64)

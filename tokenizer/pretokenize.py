@@ -106,9 +106,9 @@ def count_words(text: str, kind: str, workers: int | None = None) -> dict[str, i
         cuts.append(len(text) if newline < 0 else newline + 1)
     cuts.append(len(text))
     chunks = [(text[a:b], kind) for a, b in zip(cuts, cuts[1:]) if b > a]
-    with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(len(chunks)) as pool:
-        counters = pool.map(_count_chunk, chunks)
-    total = counters[0]
-    for counter in counters[1:]:
-        total.update(counter)
+    with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(len(chunks) - 1) as pool:
+        others = pool.map_async(_count_chunk, chunks[1:])  # the other processes count the other chunks...
+        total = _count_chunk(chunks[0])                    # ...while this one counts the first
+        for counter in others.get():
+            total.update(counter)
     return _in_model_alphabet(total, kind)

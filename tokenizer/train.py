@@ -25,8 +25,8 @@ The rules (numbers refer to ../../shared/docs/hf-bpe-rules.md, read from HF's mo
   11   the new token's string is left + right; an existing string keeps its id  -> add_merge
   12   merge left to right without overlap ("a a a" -> "aa a")                  -> merge_word / _merge_at
   13   update counts: -(prev, left) -(right, next) +(prev, new) +(new, next)    -> _merge_at / merge_vectorized
-HF's one quirk kept: a merge whose string is already a token reuses that id (add_merge), so the vocabulary may
-end smaller than vocab_size + merges suggest; it needs a corpus containing e.g. '[UNK]' literally.
+One HF quirk is kept: a merge whose string is already a token reuses that token's id (add_merge), so there can be
+more merges than new tokens. It happens when the corpus spells out a special token, such as '[UNK]'.
 
 Read next: train_numpy.py (the vectorized merges), then pretokenize.py (how text becomes counted words).
 """
