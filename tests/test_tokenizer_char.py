@@ -109,3 +109,16 @@ def test_cli_errors_are_one_line(tmp_path, corpus):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_load_rejects_merges_with_unknown_tokens(corpus, tmp_path):
+    tok = train_tokenizer("char", corpus, None)
+    data = json.loads(tok.to_json())
+    data["model"]["vocab"]["zz"] = len(data["model"]["vocab"])
+    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}
+    data["decoder"] = dict(data["pre_tokenizer"])
+    data["model"]["merges"] = [["q", "q"]]  # 'q' is in no vocabulary
+    path = tmp_path / "corrupt.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TokenizerError, match="corrupt.json is corrupt: .*q \\+ q"):
+        load_tokenizer(str(path))

@@ -106,7 +106,11 @@ def count_words(text: str, kind: str, workers: int | None = None) -> dict[str, i
         cuts.append(len(text) if newline < 0 else newline + 1)
     cuts.append(len(text))
     chunks = [(text[a:b], kind) for a, b in zip(cuts, cuts[1:]) if b > a]
-    with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(len(chunks) - 1) as pool:
+    try:
+        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(len(chunks) - 1)
+    except OSError:                                        # no processes to be had: count here, one core
+        return _in_model_alphabet(_count_chunk((text, kind)), kind)
+    with pool:
         others = pool.map_async(_count_chunk, chunks[1:])  # the other processes count the other chunks...
         total = _count_chunk(chunks[0])                    # ...while this one counts the first
         for counter in others.get():
