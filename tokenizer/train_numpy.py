@@ -34,6 +34,18 @@ def group_by_key(keys: np.ndarray, weights: np.ndarray, positions: np.ndarray):
     return sorted_keys[starts].tolist(), sums.tolist(), [grouped[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+def group_by_symbol(symbols: np.ndarray, weights: np.ndarray, positions: np.ndarray):
+    """`group_by_key` for token ids, which are small: counting instead of comparing. symbols [7, 3, 7],
+    weights [1, 2, 3], positions [10, 11, 12] -> [(3, 2, array([11])), (7, 4, array([10, 12]))]."""
+    sizes = np.bincount(symbols)
+    present = np.flatnonzero(sizes)
+    sums = np.bincount(symbols, weights=weights)[present].astype(np.int64)
+    small = symbols.astype(np.uint16) if len(sizes) <= 1 << 16 else symbols  # uint16 sorts by radix: O(n)
+    grouped = positions[np.argsort(small, kind="stable")]
+    ends = np.cumsum(sizes[present]).tolist()
+    return zip(present.tolist(), sums.tolist(), [grouped[a:b] for a, b in zip([0] + ends[:-1], ends)])
+
+
 def initial_state(words: list[str], counts: list[int], vocab: dict[str, int]):
     """The arrays above, every pair's count and where each pair occurs (rule 8), for all words at once."""
     lengths = np.array([len(w) for w in words], dtype=np.int64)
@@ -84,15 +96,17 @@ def merge_vectorized(positions, left, right, new_id, sym, nxt, prv, weight, pair
     prv[r[has_r]] = p[has_r]
     o = prv[p]
     w = weight[p]
-    after, before = sym[r], sym[o]                          # (index -1 where there is none: masked below)
+    after, p_r, w_r = sym[r[has_r]], p[has_r], w[has_r]     # occurrences with a right neighbour
     old_after = np.where(after == new_id, left, after)      # a neighbour merged just now held `left` before
-    has_o = (o >= 0) & (before != new_id)                   # a merged left neighbour counted it already
-    weights = np.concatenate([w[has_r], w[has_o]])
-    removed = np.concatenate([(right << ID_BITS) | old_after[has_r], (before[has_o] << ID_BITS) | left])
-    for key, total in zip(*group_by_key(removed, weights, removed)[:2]):
-        pair_counts[key] -= total
-    added = np.concatenate([(new_id << ID_BITS) | after[has_r], (before[has_o] << ID_BITS) | new_id])
-    added_at = np.concatenate([p[has_r], o[has_o]])
-    for key, total, group in zip(*group_by_key(added, weights, added_at)):
-        pair_counts[key] = pair_counts.get(key, 0) + total
-        created[key] = group
+    before = sym[o]
+    has_o = (o >= 0) & (before != new_id)                   # a merged left neighbour counted that pair already
+    before, o, w_o = before[has_o], o[has_o], w[has_o]      # occurrences with a left neighbour
+    for symbol, total, _ in group_by_symbol(old_after, w_r, p_r):  # -(right, r)
+        pair_counts[(right << ID_BITS) | symbol] -= total
+    for symbol, total, group in group_by_symbol(after, w_r, p_r):  # +(new, r)
+        key = (new_id << ID_BITS) | symbol
+        pair_counts[key], created[key] = pair_counts.get(key, 0) + total, group
+    for symbol, total, group in group_by_symbol(before, w_o, o):   # -(o, left) +(o, new)
+        pair_counts[(symbol << ID_BITS) | left] -= total
+        key = (symbol << ID_BITS) | new_id
+        pair_counts[key], created[key] = pair_counts.get(key, 0) + total, group
