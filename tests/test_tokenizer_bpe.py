@@ -14,7 +14,7 @@ from tokenizer.base import count_pairs, merge_word
 from tokenizer.pretokenize import (BYTE_TO_CHAR, count_words, count_words_reference, lines_of, split_gpt2,
                                    split_metaspace, to_byte_chars)
 from tokenizer.train import train_fast, train_reference
-from tokenizer.train_numpy import group_by_key
+from tokenizer.train_numpy import group_by_key, group_by_symbol
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,6 +54,8 @@ def test_docstring_examples():
     assert merge_word([7, 7, 7], (7, 7), 8) == [8, 7]
     keys, sums, groups = group_by_key(np.array([9, 5, 9]), np.array([1, 2, 3]), np.array([10, 11, 12]))
     assert (keys, sums, [g.tolist() for g in groups]) == ([5, 9], [2, 4], [[11], [10, 12]])
+    grouped = group_by_symbol(np.array([7, 3, 7]), np.array([1, 2, 3]), np.array([10, 11, 12]))
+    assert [(s, total, g.tolist()) for s, total, g in grouped] == [(3, 2, [11]), (7, 4, [10, 12])]
     assert split_metaspace("Hello  world\n") == ["Hello", "▁", "▁world\n"]
     assert split_gpt2("Hello  world's\n") == ["Hello", " ", " world", "'s", "\n"]
     assert to_byte_chars("é ") == "Ã©Ġ"
