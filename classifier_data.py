@@ -130,21 +130,38 @@ def chunk_lines(lines: list[str], max_chars: int) -> list[str]:
     return passages
 
 
-def shakespeare_passages(genres: list[str], max_chars: int, per_play: int, seed: int) -> list[Example]:
-    """per_play passages (seeded choice, in play order) from every play of each genre, labelled with the genre."""
+def shakespeare_plays(genres: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(genre, play, its non-empty lines as plain text) for every play of each genre, in a stable order."""
     plays_dir = data._plays_dir()
     available = sorted(p.name for p in plays_dir.iterdir() if any(p.glob("*.md")))
-    rng = random.Random(seed)
-    examples = []
+    plays = []
     for genre in genres:
         if genre not in available:
             raise UserError(f"no genre {genre!r} among the built-in plays; choose from {', '.join(available)}")
         for play in sorted((plays_dir / genre).glob("*.md")):
             text = data.markdown_play_to_text(play.read_text(encoding="utf-8"))
-            passages = chunk_lines([line for line in text.splitlines() if line.strip()], max_chars)
-            chosen = sorted(rng.sample(range(len(passages)), min(per_play, len(passages))))
-            examples += [Example(passages[i], genre, group=play.stem) for i in chosen]
+            plays.append((genre, play.stem, [line for line in text.splitlines() if line.strip()]))
+    return plays
+
+
+def shakespeare_passages(plays, max_chars: int, per_play: int, seed: int) -> list[Example]:
+    """per_play passages of at most max_chars (a seeded choice, in play order) from each play, labelled by genre."""
+    rng = random.Random(seed)
+    examples = []
+    for genre, play, lines in plays:
+        passages = chunk_lines(lines, max_chars)
+        chosen = sorted(rng.sample(range(len(passages)), min(per_play, len(passages))))
+        examples += [Example(passages[i], genre, group=play) for i in chosen]
     return examples
+
+
+def chars_that_fit(tokenizer, block_size: int, sample: str) -> int:
+    """About how many characters of text like `sample` fill 90% of block_size tokens (block_size for a char
+    tokenizer; some 3-4 times more for BPE, whose tokens hold several characters)."""
+    if tokenizer.kind == "char":
+        return block_size
+    chars_per_token = len(sample) / max(1, len(encode_texts(tokenizer, [sample], len(sample)).ids[0]))
+    return max(1, int(0.9 * block_size * chars_per_token))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,15 +242,16 @@ def pad_batch(sequences: list[list[int]], device="cpu"):
 # 5. Everything above, for one run of classify.py train
 
 
-def load_examples(cfg, block_size: int, say):
+def load_examples(cfg, tokenizer, block_size: int, say):
     """(train examples, validation examples, where they came from) for a classify.TrainClassifierConfig.
 
     `say` prints the notes (skipped rows, validation plays)."""
     if cfg.data in (None, "builtin"):
-        genres = [g.strip() for g in cfg.genres.split(",") if g.strip()]
-        examples = shakespeare_passages(genres, block_size, cfg.passages_per_play, cfg.seed)
+        plays = shakespeare_plays([g.strip() for g in cfg.genres.split(",") if g.strip()])
+        max_chars = chars_that_fit(tokenizer, block_size, "\n".join(plays[0][2][:500]))
+        examples = shakespeare_passages(plays, max_chars, cfg.passages_per_play, cfg.seed)
         groups = [e.group for e in examples]
-        source = f"built-in Shakespeare, {cfg.passages_per_play} passages of <= {block_size} characters per play"
+        source = f"built-in Shakespeare, {cfg.passages_per_play} passages of <= {max_chars} characters per play"
     else:
         examples, skipped = read_examples(cfg.data, cfg.text_column, cfg.label_column)
         report_skipped(cfg.data, skipped, say)

@@ -55,6 +55,7 @@ def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
         return None
     matplotlib.use("Agg")  # draw to a file, no window
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -65,6 +66,7 @@ def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
     right.axhline(baseline, linestyle="--", color="gray", label="majority class")
     right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
     for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

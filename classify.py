@@ -38,6 +38,7 @@ from checkpoint import (autocast, config_dict, load_checkpoint, model_from_check
                         save_checkpoint)
 from config import ModelConfig, UserError, arg, load_config, run_main
 from gpt import GPT
+from playground import make_progress_bar
 from tokenizer import Tokenizer, TokenizerError
 
 FORMAT = "scratchgpt-classifier"
@@ -218,7 +219,7 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
     block_size = gpt.config.block_size
 
     # ---- data: examples -> split -> class ids -> token ids
-    train_ex, val_ex, source = cd.load_examples(cfg, block_size, say)
+    train_ex, val_ex, source = cd.load_examples(cfg, tokenizer, block_size, say)
     classes = cd.class_names(e.label for e in train_ex)
     if len(classes) < 2:
         raise UserError(f"every training example has the label {classes[0]!r}; a classifier needs two classes or more")
@@ -254,6 +255,7 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
     # ---- the loop
     generator = torch.Generator().manual_seed(cfg.seed)
     history, best, step, started = [], None, 0, time.perf_counter()
+    progress = make_progress_bar(0, total_steps, not quiet)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         if cfg.freeze_body:
@@ -278,12 +280,17 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() * len(chunk)
             step += 1
+            if progress:
+                progress.update(1)
+                head_lr = optimizer.param_groups[0]["lr"]
+                progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", lr=f"{head_lr:.2e}")
         val_loss, preds = evaluate(model, val_x, val_y, cfg.batch_size, ctx, device)
         accuracy = (preds == torch.tensor(val_y)).float().mean().item()
         row = {"epoch": epoch, "train_loss": loss_sum / len(train_x), "val_loss": val_loss, "val_accuracy": accuracy}
         history.append(row)
         improved = best is None or (accuracy, -val_loss) > (best["val_accuracy"], -best["val_loss"])
-        say(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, val accuracy "
+        (progress.write if progress else say)(
+            f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, val accuracy "
             f"{accuracy:.1%} (baseline {baseline:.1%}), {time.perf_counter() - started:.0f}s"
             + (" (best so far)" if improved else ""))
         if logger:
@@ -295,6 +302,8 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
                 "tokenizer": tokenizer.to_json(), "classes": classes, "pooling": cfg.pooling,
                 "train_config": config_dict(cfg), "epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss,
                 "baseline_accuracy": baseline, "history": history}, format=FORMAT)
+    if progress:
+        progress.close()
     if logger:
         logger.finish()
     say(f"\nbest epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.1%} against a majority-class "

@@ -14,7 +14,7 @@ import classify
 from checkpoint import config_dict, load_checkpoint, save_checkpoint
 from config import ModelConfig, UserError
 from gpt import GPT
-from tokenizer import CharTokenizer
+from tokenizer import CharTokenizer, train_tokenizer
 
 ALPHABET = "abcxyz \n"
 
@@ -173,14 +173,24 @@ def test_split_by_group_never_puts_one_group_on_both_sides():
     assert sorted({labels[i] for i in val}) == ["comedy", "tragedy"]
 
 
-def test_builtin_passages_are_labelled_by_genre_and_fit_the_length():
-    examples = cd.shakespeare_passages(["comedies", "tragedies"], max_chars=200, per_play=3, seed=0)
-    assert {e.label for e in examples} == {"comedies", "tragedies"}
-    assert {e.group for e in examples if e.label == "tragedies"} >= {"hamlet", "macbeth"}
+def test_builtin_passages_are_labelled_by_genre_and_split_by_play():
+    plays = cd.shakespeare_plays(["comedies", "tragedies"])
+    assert {"hamlet", "macbeth", "twelfth-night"} <= {play for _, play, _ in plays}
+    examples = cd.shakespeare_passages(plays, max_chars=200, per_play=3, seed=0)
+    assert len(examples) == 3 * len(plays) and {e.label for e in examples} == {"comedies", "tragedies"}
+    assert all(e.label == "tragedies" for e in examples if e.group == "hamlet")
     assert all(e.text.strip() and "\n\n" not in e.text for e in examples)
-    assert len(examples) == 3 * len({e.group for e in examples})
+    assert cd.shakespeare_passages(plays, 200, 3, seed=0) == examples
     with pytest.raises(UserError, match="no genre 'sonnets'.*comedies"):
-        cd.shakespeare_passages(["sonnets"], 200, 3, 0)
+        cd.shakespeare_plays(["sonnets"])
+
+
+def test_passage_length_follows_the_tokenizer(tmp_path):
+    text = "To be, or not to be, that is the question:\n" * 20
+    assert cd.chars_that_fit(CharTokenizer.train(text), 128, text) == 128
+    (tmp_path / "corpus.txt").write_text(text)
+    bpe = train_tokenizer("bpe", str(tmp_path / "corpus.txt"), 60, progress=False)
+    assert cd.chars_that_fit(bpe, 128, text) > 2 * 128  # a BPE token holds several characters
 
 
 def test_worked_examples_in_docstrings():
@@ -264,3 +274,14 @@ def test_command_line_errors_are_one_line_and_exit_1(tmp_path):
         classify.main(["fit"])
     with pytest.raises(UserError, match="unknown flag --epoch; did you mean epochs"):
         classify.main(["train", "--epoch=3"])
+
+
+def test_curves_png_only_when_matplotlib_is_installed(tmp_path, monkeypatch):
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5},
+               {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9, "val_accuracy": 0.6}]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: `import matplotlib` fails
+    assert report.plot_curves(history, str(tmp_path / "curves.png"), 0.4) is None
+    monkeypatch.undo()
+    pytest.importorskip("matplotlib")
+    assert report.plot_curves(history, str(tmp_path / "curves.png"), 0.4) == str(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
