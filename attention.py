@@ -26,12 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# Causal attention of at least CAUSAL_BLOCKS_FROM queries is computed BLOCK_ROWS queries at a time: a block needs the
-# keys up to its last query only, so most of the masked upper triangle is never computed (4 blocks skip 3/8 of it),
-# and a block's scores are small enough to stay in cache. Shorter sequences run in one block (the loop would cost more
-# than it saves). Measured with bench/attention.py.
+# Causal attention is computed BLOCK_ROWS queries at a time: a block needs the keys up to its last query only, so most
+# of the masked upper triangle is never computed (with 4 blocks, 3/8 of all scores are skipped) and each block's
+# scores are smaller, so they stay in cache longer. 64 measured best with bench/attention.py at T = 128 to 1024 (fewer
+# rows per block and the loop costs more than it saves); T <= 64 is a single block.
 BLOCK_ROWS = 64
-CAUSAL_BLOCKS_FROM = 256
 
 
 @lru_cache(maxsize=32)
@@ -112,6 +111,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if not fast:
         return attention_reference(q, k, v, attn_mask, dropout_p, is_causal, scale)
     mask, empty_rows = _combine_masks(attn_mask, is_causal, q.size(-2), k.size(-2), q.device)
+    if mask is not None and mask.dtype == torch.bool:  # as an additive bias: add_ is much faster than masked_fill_
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))  # (..., L, S)
     return _Attention.apply(q, k, v, mask, empty_rows, is_causal, scale)
 
 
@@ -125,67 +126,62 @@ def _rows(mask, a, b, e):
 class _Attention(torch.autograd.Function):
     """Attention with a hand-written backward, one block of queries at a time.
 
-    Forward, per block:  scores = (scale q) k^T + mask,  P = softmax(scores),  O = P v.
+    Forward, per block:  S = scale Q K^T + bias,  P = softmax(S),  O = P V.
     Backward, given dO = dLoss/dO (the chain rule through each line above, bottom to top):
-        dV = P^T dO                    dP = dO V^T
-        dS = P * (dP - rowsum(dP * P))  the softmax backward, done in place in the buffer of dP
-        dQ = scale dS K                dK = dS^T (scale q)
+        dV = P^T dO                      dP = dO V^T
+        dS = P * (dP - rowsum(dP * P))   the softmax backward, done in place in the buffer of dP
+        dQ = scale dS K                  dK = scale dS^T Q
     rowsum(dP * P) = rowsum(dO * O), which costs L x Ev numbers instead of L x S (FlashAttention, Dao et al. 2022,
-    appendix B.2). Compared with autograd on attention_reference this saves the (L x S) buffers of the masked scores,
-    of the softmax gradient and of the masking's gradient: fewer passes over the biggest tensors there are.
+    section 3.1 / appendix B.2). Against autograd on attention_reference this skips the (L x S) buffers of the masked
+    scores, of the softmax gradient and of the masking's gradient: fewer passes over the largest tensors there are.
+    The mask arrives as an additive bias (0 or -inf), added in place. Only first derivatives: the reference path is
+    the one to use for gradients of gradients.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, empty_rows, causal, scale):
+    def forward(ctx, q, k, v, bias, empty_rows, causal, scale):
         *batch, L, E = q.shape
         S, Ev = k.size(-2), v.size(-1)
         ctx.shapes = q.shape, k.shape, v.shape
         # Flatten the batch dimensions so that every product is one batched matmul (bmm) of contiguous matrices.
-        # Scale the queries (L x E numbers) rather than the scores (L x S numbers): same result, less work.
-        q = q.reshape(-1, L, E) * scale  # (N, L, E)
+        q = q.reshape(-1, L, E)  # (N, L, E)
         k = k.reshape(-1, S, E)  # (N, S, E)
         v = v.reshape(-1, S, Ev)  # (N, S, Ev)
-        rows = BLOCK_ROWS if causal and L >= CAUSAL_BLOCKS_FROM else L
-        probs, outs = [], []
+        rows = BLOCK_ROWS if causal else L
+        out = q.new_empty(q.size(0), L, Ev)  # (N, L, Ev), each block writes its own rows
+        probs = []
         for a in range(0, L, rows):
             b = min(a + rows, L)
             e = min(b, S) if causal else S  # causal: queries a..b-1 attend to no key after b-1
-            att = torch.bmm(q[:, a:b], k[:, :e].transpose(1, 2))  # (N, b - a, e)
-            if mask is not None:
-                att_view = att.view(*batch, b - a, e)  # (..., b - a, e), to broadcast the mask against
-                block_mask = _rows(mask, a, b, e)  # (..., b - a, e)
-                if mask.dtype == torch.bool:
-                    att_view.masked_fill_(~block_mask, float("-inf"))  # in place: no second (L x S) buffer
-                else:
-                    att_view.add_(block_mask)
+            # baddbmm computes beta * input + alpha * (q @ k^T); beta=0 ignores the input: the scale costs nothing.
+            att = torch.baddbmm(q.new_empty(()), q[:, a:b], k[:, :e].transpose(1, 2),
+                                beta=0.0, alpha=scale)  # (N, b - a, e), the paper's 1/sqrt(d_k) scaling (eq. 1)
+            if bias is not None:
+                att.view(*batch, b - a, e).add_(_rows(bias, a, b, e))  # in place, broadcast over the batch dims
             torch.softmax(att, dim=-1, out=att)  # (N, b - a, e), in place: each row is read before it is written
             if empty_rows is not None:
                 att.view(*batch, b - a, e).masked_fill_(_rows(empty_rows, a, b, 1), 0.0)
-            outs.append(torch.bmm(att, v[:, :e]))  # (N, b - a, Ev)
+            torch.bmm(att, v[:, :e], out=out[:, a:b])  # O = P V for these rows
             probs.append(att)
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (N, L, Ev)
         ctx.save_for_backward(q, k, v, out, *probs)
-        ctx.scale = scale
+        ctx.scale, ctx.rows = scale, rows
         return out.view(*batch, L, Ev)  # (..., L, Ev)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
         q, k, v, out, *probs = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
         dout = dout.reshape(out.shape)  # (N, L, Ev)
         delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
-        dk, dv = torch.zeros_like(k), torch.zeros_like(v)  # (N, S, E), (N, S, Ev): blocks add to their keys
-        dqs, a = [], 0
-        for att in probs:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)  # blocks add into these in place
+        for a, att in zip(range(0, q.size(1), rows), probs):
             b, e = a + att.size(1), att.size(2)
-            dout_block = dout[:, a:b]  # (N, b - a, Ev)
-            dv[:, :e] += torch.bmm(att.transpose(1, 2), dout_block)  # (N, e, Ev)
-            ds = torch.bmm(dout_block, v[:, :e].transpose(1, 2))  # (N, b - a, e), dP
+            dv[:, :e].baddbmm_(att.transpose(1, 2), dout[:, a:b])  # dV += P^T dO
+            ds = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
             ds.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dS; masked keys have P = 0, so dS = 0 there
-            dqs.append(torch.bmm(ds, k[:, :e]))  # (N, b - a, E)
-            dk[:, :e] += torch.bmm(ds.transpose(1, 2), q[:, a:b])  # (N, e, E), q is already scaled
-            a = b
-        dq = (torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]).mul_(ctx.scale)  # (N, L, E)
+            dq[:, a:b].baddbmm_(ds, k[:, :e], alpha=scale)  # dQ = scale dS K
+            dk[:, :e].baddbmm_(ds.transpose(1, 2), q[:, a:b], alpha=scale)  # dK += scale dS^T Q
         q_shape, k_shape, v_shape = ctx.shapes
         return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape), None, None, None, None
 

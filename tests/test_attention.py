@@ -2,8 +2,7 @@
 
 Three implementations are compared: torch.nn.functional.scaled_dot_product_attention (the judge), attention_reference
 (the obvious formula, autograd's backward) and scaled_dot_product_attention (the fast path, our own backward, causal
-blocks). The causal blocks only start at 256 queries, so `small_blocks` shrinks them to run the block loop on tiny
-inputs.
+blocks of attention.BLOCK_ROWS = 64 queries; `small_blocks` shrinks them to run the block loop on tiny inputs).
 """
 import math
 
@@ -20,7 +19,6 @@ TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10
 @pytest.fixture
 def small_blocks(monkeypatch):
     monkeypatch.setattr(attention, "BLOCK_ROWS", 3)
-    monkeypatch.setattr(attention, "CAUSAL_BLOCKS_FROM", 1)
 
 
 def run(fn, q, k, v, grad, **kwargs):
@@ -65,6 +63,11 @@ SHAPES = [  # B, H, L, S, E, Ev
 def test_no_mask(shape, scale, is_causal, dtype):
     q, k, v = qkv(*shape, dtype=dtype)
     assert_same_as_torch(q, k, v, is_causal=is_causal, scale=scale)
+
+
+def test_causal_blocks_at_the_default_size():
+    q, k, v = qkv(1, 2, 150, 150, 8)  # 3 blocks of 64, 64 and 22 queries
+    assert_same_as_torch(q, k, v, is_causal=True)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
