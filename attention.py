@@ -111,9 +111,20 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if not fast:
         return attention_reference(q, k, v, attn_mask, dropout_p, is_causal, scale)
     mask, empty_rows = _combine_masks(attn_mask, is_causal, q.size(-2), k.size(-2), q.device)
-    if mask is not None and mask.dtype == torch.bool:  # as an additive bias: add_ is much faster than masked_fill_
-        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))  # (..., L, S)
-    return _Attention.apply(q, k, v, mask, empty_rows, is_causal, scale)
+    # The fast path takes the mask as an additive bias, 0 or -inf: add_ is several times faster than masked_fill_.
+    if is_causal and attn_mask is None:
+        bias = _causal_bias(q.size(-2), k.size(-2), q.device, q.dtype)  # (L, S), the common case, cached
+    elif mask is not None and mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))  # (..., L, S)
+    else:
+        bias = mask  # None or float already
+    return _Attention.apply(q, k, v, bias, empty_rows, is_causal, scale)
+
+
+@lru_cache(maxsize=32)
+def _causal_bias(L: int, S: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """causal_mask(L, S) as a float (L, S) bias: 0 where query i may attend to key j, -inf where it may not."""
+    return torch.zeros(L, S, dtype=dtype, device=device).masked_fill_(~causal_mask(L, S, device), float("-inf"))
 
 
 def _rows(mask, a, b, e):
@@ -174,14 +185,18 @@ class _Attention(torch.autograd.Function):
         scale, rows = ctx.scale, ctx.rows
         dout = dout.reshape(out.shape)  # (N, L, Ev)
         delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)  # blocks add into these in place
+        # Several blocks add their parts into zeroed gradients (baddbmm_: beta * itself + alpha * product, beta=1);
+        # a single block that sees every key writes them whole (beta=0 ignores what the empty buffer holds).
+        whole = len(probs) == 1 and probs[0].size(2) == k.size(1)
+        new, beta = (torch.empty_like, 0.0) if whole else (torch.zeros_like, 1.0)
+        dq, dk, dv = new(q), new(k), new(v)  # (N, L, E), (N, S, E), (N, S, Ev)
         for a, att in zip(range(0, q.size(1), rows), probs):
             b, e = a + att.size(1), att.size(2)
-            dv[:, :e].baddbmm_(att.transpose(1, 2), dout[:, a:b])  # dV += P^T dO
+            dv[:, :e].baddbmm_(att.transpose(1, 2), dout[:, a:b], beta=beta)  # dV += P^T dO
             ds = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
             ds.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dS; masked keys have P = 0, so dS = 0 there
-            dq[:, a:b].baddbmm_(ds, k[:, :e], alpha=scale)  # dQ = scale dS K
-            dk[:, :e].baddbmm_(ds.transpose(1, 2), q[:, a:b], alpha=scale)  # dK += scale dS^T Q
+            dq[:, a:b].baddbmm_(ds, k[:, :e], beta=beta, alpha=scale)  # dQ = scale dS K
+            dk[:, :e].baddbmm_(ds.transpose(1, 2), q[:, a:b], beta=beta, alpha=scale)  # dK += scale dS^T Q
         q_shape, k_shape, v_shape = ctx.shapes
         return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape), None, None, None, None
 
