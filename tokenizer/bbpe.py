@@ -17,6 +17,8 @@ Read next: hf_reference.py, the Hugging Face configurations these reproduce, the
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import regex
 
@@ -48,18 +50,18 @@ class ByteLevelBPETokenizer(Tokenizer):
         # word). `regex`, not `re`, so that \S means what it means in GPT-2's pattern.
         return self._encode_corpus_with_hf(text, regex.compile(r"(?<=\S)\n"), boundary_at_end=False)
 
-    def _token_bytes(self, token_id: int) -> bytes:
-        token = self.id_to_token[token_id]
-        if token in self.special_tokens:
-            return token.encode("utf-8")
-        return bytes(CHAR_TO_BYTE[c] for c in token)
+    @cached_property
+    def _bytes(self) -> list[bytes]:
+        """Each token's bytes, by id: 'Ġthe' -> b' the'. A special token stands for its own text."""
+        return [token.encode("utf-8") if token in self.special_tokens else bytes(CHAR_TO_BYTE[c] for c in token)
+                for token in (self.id_to_token[i] for i in range(self.vocab_size))]
 
     def decode(self, ids) -> str:
         self._check_ids(ids)
-        return b"".join(self._token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
+        return b"".join(self._bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
 
     def token_str(self, token_id: int) -> str:
-        return self._token_bytes(int(token_id)).decode("utf-8", errors="replace")
+        return self._bytes[int(token_id)].decode("utf-8", errors="replace")
 
     def _hf_parts(self) -> dict:
         return {"unk_token": None,
