@@ -21,6 +21,7 @@ import re
 import tempfile
 
 import numpy as np
+from tqdm import tqdm
 
 _NEVER = float("inf")
 EOT = "<|endoftext|>"  # the end-of-text token placed between documents (GPT-2's name for it)
@@ -153,7 +154,7 @@ class Tokenizer:
             raise TokenizerError(f"token ids out of range 0..{self.vocab_size - 1}: {bad[:5]}; was this text "
                                  f"encoded with another tokenizer?")
 
-    def encode_corpus(self, text: str) -> np.ndarray:
+    def encode_corpus(self, text: str, progress: bool = True) -> np.ndarray:
         """Encode a whole corpus into a compact numpy array, with the same ids as `encode` (kinds make it fast)."""
         return np.array(self.encode(text), dtype=smallest_id_dtype(self.vocab_size))
 
@@ -200,17 +201,22 @@ class Tokenizer:
         pattern = "(" + "|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")"
         return [(part, i % 2 == 1) for i, part in enumerate(re.split(pattern, text)) if part]
 
-    def _encode_corpus_with_hf(self, text: str, boundary: re.Pattern, boundary_at_end: bool) -> np.ndarray:
-        """The fast path: Hugging Face's Rust encoder, on chunks of ~64k characters encoded in parallel. Chunks are
-        cut only where no pre-tokenized word spans the cut (`boundary`), so the ids equal those of `encode`."""
+    def _encode_corpus_with_hf(self, text: str, boundary: re.Pattern, progress: bool) -> np.ndarray:
+        """The fast path: Hugging Face's Rust encoder, on chunks of ~8k characters encoded in parallel. A chunk ends
+        only where `boundary` matches, a place no pre-tokenized word spans, so the ids equal those of `encode`."""
         chunks, start = [], 0
         while start < len(text):
-            match = boundary.search(text, start + 65536)
-            end = len(text) if match is None else (match.end() if boundary_at_end else match.start())
+            match = boundary.search(text, start + 8192)
+            end = len(text) if match is None else match.start()
             chunks.append(text[start:end])
             start = end
-        encodings = self.to_hf().encode_batch(chunks, add_special_tokens=False)
-        ids = [encoding.ids for encoding in encodings]
+        hf, ids = self.to_hf(), []
+        with tqdm(total=len(text), unit="char", unit_scale=True, desc=f"encoding with {self.kind}",
+                  disable=not progress or len(text) < 2_000_000) as bar:
+            for i in range(0, len(chunks), 64):  # batches, so that the bar moves
+                batch = chunks[i:i + 64]
+                ids.extend(encoding.ids for encoding in hf.encode_batch(batch, add_special_tokens=False))
+                bar.update(sum(map(len, batch)))
         total = sum(len(chunk_ids) for chunk_ids in ids)
         return np.fromiter(itertools.chain.from_iterable(ids), dtype=smallest_id_dtype(self.vocab_size), count=total)
 

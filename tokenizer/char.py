@@ -50,7 +50,7 @@ class CharTokenizer(Tokenizer):
         except KeyError:
             raise self._unseen_error(text) from None
 
-    def encode_corpus(self, text: str) -> np.ndarray:
+    def encode_corpus(self, text: str, progress: bool = True) -> np.ndarray:
         """Same ids as `encode`, vectorised: code points -> position in the sorted alphabet -> id."""
         code_points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4").astype(np.int64)
         index = np.searchsorted(self._code_points, code_points)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"instead of {vocab_size}")
         tok.save(args.out)
         text = read_corpus(args.corpus)
-        num_tokens = len(tok.encode_corpus(text))
+        num_tokens = len(tok.encode_corpus(text, progress=not args.no_progress))
     except TokenizerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
