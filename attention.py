@@ -2,7 +2,7 @@
 
 Three pieces:
 
-- `attention_reference(q, k, v, ...)`: eq. 1 of the paper, softmax(q k^T / sqrt(d_k)) v, in five obvious lines;
+- `attention_reference(q, k, v, ...)`: eq. 1 of the paper, softmax(q k^T / sqrt(d_k)) v, in a few obvious lines;
   autograd derives the backward. Read this one first.
 - `scaled_dot_product_attention(q, k, v, ...)`: the same function, as fast as we can make it in plain PyTorch (a
   hand-written backward, causal blocks that skip the masked upper triangle, no needless copies). It takes the same
@@ -137,11 +137,11 @@ def _rows(mask, a, b, e):
 class _Attention(torch.autograd.Function):
     """Attention with a hand-written backward, one block of queries at a time.
 
-    Forward, per block:  S = scale Q K^T + bias,  P = softmax(S),  O = P V.
+    Forward, per block:  Z = scale Q K^T + bias (the scores),  P = softmax(Z),  O = P V.
     Backward, given dO = dLoss/dO (the chain rule through each line above, bottom to top):
         dV = P^T dO                      dP = dO V^T
-        dS = P * (dP - rowsum(dP * P))   the softmax backward, done in place in the buffer of dP
-        dQ = scale dS K                  dK = scale dS^T Q
+        dZ = P * (dP - rowsum(dP * P))   the softmax backward, done in place in the buffer of dP
+        dQ = scale dZ K                  dK = scale dZ^T Q
     rowsum(dP * P) = rowsum(dO * O), which costs L x Ev numbers instead of L x S (FlashAttention, Dao et al. 2022,
     section 3.1 / appendix B.2). Against autograd on attention_reference this skips the (L x S) buffers of the masked
     scores, of the softmax gradient and of the masking's gradient: fewer passes over the largest tensors there are.
@@ -193,10 +193,10 @@ class _Attention(torch.autograd.Function):
         for a, att in zip(range(0, q.size(1), rows), probs):
             b, e = a + att.size(1), att.size(2)
             dv[:, :e].baddbmm_(att.transpose(1, 2), dout[:, a:b], beta=beta)  # dV += P^T dO
-            ds = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
-            ds.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dS; masked keys have P = 0, so dS = 0 there
-            dq[:, a:b].baddbmm_(ds, k[:, :e], beta=beta, alpha=scale)  # dQ = scale dS K
-            dk[:, :e].baddbmm_(ds.transpose(1, 2), q[:, a:b], beta=beta, alpha=scale)  # dK += scale dS^T Q
+            dz = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
+            dz.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dZ; masked keys have P = 0, so dZ = 0 there
+            dq[:, a:b].baddbmm_(dz, k[:, :e], beta=beta, alpha=scale)  # dQ = scale dZ K
+            dk[:, :e].baddbmm_(dz.transpose(1, 2), q[:, a:b], beta=beta, alpha=scale)  # dK += scale dZ^T Q
         q_shape, k_shape, v_shape = ctx.shapes
         return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape), None, None, None, None
 
