@@ -90,7 +90,7 @@ def _in_model_alphabet(counts: Counter, kind: str) -> dict[str, int]:
     if kind != "bbpe":
         return dict(counts)
     out = Counter()
-    for piece, count in counts.items():  # distinct pieces only: a few thousand, not millions
+    for piece, count in counts.items():  # distinct pieces only: thousands, not millions
         out[to_byte_chars(piece)] += count
     return dict(out)
 
