@@ -68,7 +68,7 @@ class TrainConfig:
     val_fraction: float = arg(0.1, "fraction of the token stream held out for validation (taken from its end)")
     batch_size: int = arg(32, "sequences per micro-batch")
     gradient_accumulation_steps: int = arg(1, "micro-batches summed into one optimizer step (1 = off)")
-    max_iters: int = arg(2500, "optimizer steps to train for")
+    max_iters: int = arg(1500, "optimizer steps to train for")
     learning_rate: float = arg(2e-3, "peak learning rate, reached at the end of warmup")
     min_lr: float | None = arg(None, "floor of the cosine decay; learning_rate / 10 when not given")
     warmup_iters: int | None = arg(None, "linear warmup steps; when not given, 5%% of max_iters capped at 2000")
