@@ -43,6 +43,26 @@ def test_greedy_with_and_without_cache_is_identical_past_block_size(prompt_len, 
     assert torch.equal(fast[:, :prompt_len], idx)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_step_agrees_with_the_models_forward(bias):
+    """The fast path of one step against the model's own forward over the same cache, position after position."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=BLOCK, embedding_dim=32, num_of_layers=2, num_of_heads=4,
+                            bias=bias)).eval()
+    ids = prompt(BLOCK, batch=2)
+    fast, slow = model.new_kv_caches(2), model.new_kv_caches(2)
+    with torch.no_grad():
+        model.hidden_states(ids[:, :3], kv_caches=fast)
+        model.hidden_states(ids[:, :3], kv_caches=slow)
+        for t in range(3, BLOCK):
+            expected = model.lm_head(model.hidden_states(ids[:, t:t + 1], kv_caches=slow)[:, -1])  # (B, V)
+            got = sampling.decode_step(model, ids[:, t:t + 1], fast)  # (B, V)
+            assert torch.allclose(got, expected, atol=1e-5)
+            full = model(ids[:, :t + 1])[0][:, -1]  # and against no cache at all
+            assert torch.allclose(got, full, atol=1e-5)
+    assert fast[0].length == slow[0].length == BLOCK
+
+
 def test_cache_and_reference_see_the_same_probabilities_at_every_step():
     model = tiny_model()
     idx = prompt(4)
@@ -76,6 +96,15 @@ def test_probs_are_the_models_own_and_the_alternatives_are_sorted():
     assert (out.top_probs[..., :-1] >= out.top_probs[..., 1:]).all()
     chosen = (out.top_ids == out.ids[0, 5:, None]).float().argmax(-1)  # (1, 6), rank of the chosen token
     assert torch.allclose(out.top_probs.gather(-1, chosen[..., None])[..., 0], out.probs)
+
+
+def test_generates_under_bfloat16_autocast():
+    model = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model.generate(prompt(3), 2 * BLOCK, greedy=True, return_probs=True)
+        reference = model.generate(prompt(3), 2 * BLOCK, greedy=True, kv_cache=False, return_probs=True)
+    assert fast.ids.shape == reference.ids.shape == (1, 3 + 2 * BLOCK)
+    assert torch.allclose(fast.probs[:, :4], reference.probs[:, :4], atol=0.02)  # bfloat16: close, not equal
 
 
 # --- the sampler

@@ -1,0 +1,230 @@
+"""Benchmark (not a test): generation speed with and without the KV cache, and against Hugging Face's GPT-2.
+
+    python bench/generate.py [--repeats 3] [--threads 1] [--no-profile]
+
+One thread by default: at batch 1 a step is a chain of small matrix-vector products, and on a small machine shared
+with other jobs a second thread mostly waits for a busy core (measured here: 10x slower, not faster).
+
+Greedy decoding at batch 1 from a one-token prompt, tokens per second, for two randomly initialised models with the
+char vocabulary of the built-in Shakespeare (65 tokens; speed does not depend on the weights):
+
+    default      ModelConfig's defaults: 4 layers, 256 wide, context 128        (500 new tokens)
+    6x384        6 layers, 384 wide, 6 heads, context 256, 10.7M parameters     (255 new tokens inside the context,
+                                                                                 500 past it)
+
+For each it prints the loop without a cache (the reference: the whole context every step), with the KV cache (the
+default), their ratio, and, where `transformers` is installed and the tokens fit in the context, Hugging Face's
+GPT2LMHeadModel.generate on the very same weights (use_cache=True, greedy), with a check that its tokens equal ours.
+The fast loops keep the best of `repeats` runs, interleaved (the machine may be shared); the no-cache loop runs once.
+
+Then where a decode step's time goes for the 6x384 model: the step's cost against the cost of just reading the
+weights (every Linear layer applied to one vector), and torch's profiler's top operators.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import sampling  # noqa: E402
+from config import ModelConfig  # noqa: E402
+from gpt import GPT  # noqa: E402
+
+VOCAB = 65  # the built-in Shakespeare's characters
+MODELS = {
+    "default": ModelConfig(vocab_size=VOCAB),
+    "6x384": ModelConfig(vocab_size=VOCAB, block_size=256, embedding_dim=384, num_of_layers=6, num_of_heads=6),
+}
+RUNS = [("default", 500), ("6x384", 255), ("6x384", 500)]
+
+
+def hf_gpt2(model: GPT):
+    """Hugging Face's GPT2LMHeadModel holding the same weights (its Conv1D stores Linear weights transposed), or None
+    when transformers is not installed."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    hf_logging.set_verbosity_error()
+    c = model.config
+    config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.embedding_dim,
+                        n_layer=c.num_of_layers, n_head=c.num_of_heads, activation_function="gelu",  # exact GELU
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+                        pad_token_id=None)
+    hf = GPT2LMHeadModel(config).eval()
+    state = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
+             "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias}
+    for i, block in enumerate(model.blocks):
+        ours = {"ln_1": block.ln_1, "ln_2": block.ln_2, "attn.c_attn": block.attn.qkv, "attn.c_proj": block.attn.proj,
+                "mlp.c_fc": block.mlp.fc, "mlp.c_proj": block.mlp.proj}
+        for name, module in ours.items():
+            transpose = name.startswith(("attn", "mlp"))
+            state[f"transformer.h.{i}.{name}.weight"] = module.weight.T if transpose else module.weight
+            state[f"transformer.h.{i}.{name}.bias"] = module.bias
+    hf.load_state_dict({k: v.detach().contiguous() for k, v in state.items()}, strict=False)  # lm_head is tied
+    return hf
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def measure(model: GPT, hf, new_tokens: int, repeats: int) -> dict:
+    """Best tokens/s of each loop over `repeats` interleaved rounds, and whether the loops agree token for token."""
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    loops = {"no cache": lambda: sampling.generate(model, idx, new_tokens, greedy=True, kv_cache=False),
+             "KV cache": lambda: sampling.generate(model, idx, new_tokens, greedy=True)}
+    if hf is not None and 1 + new_tokens <= model.config.block_size:
+        mask = torch.ones_like(idx)
+        loops["HF"] = lambda: hf.generate(idx, attention_mask=mask, max_new_tokens=new_tokens,
+                                          min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    best, outputs = {name: float("inf") for name in loops}, {}
+    with torch.inference_mode():
+        loops["KV cache"]()  # warm up (first calls allocate)
+        for round in range(repeats):
+            for name, loop in loops.items():
+                if name == "no cache" and round > 0:
+                    continue  # one long run is enough, and the slow loop would dominate the benchmark's time
+                seconds, outputs[name] = timed(loop)
+                best[name] = min(best[name], seconds)
+    result = {name: new_tokens / seconds for name, seconds in best.items()}
+    result["same"] = all(torch.equal(out, outputs["KV cache"]) for out in outputs.values())
+    return result
+
+
+def weights_floor(model: GPT, steps: int = 50) -> float:
+    """Seconds per step of only the matrix-vector products of one decode step: the cost of reading the weights."""
+    layers = [m for block in model.blocks for m in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj)]
+    x = {m: torch.randn(1, m.in_features) for m in layers}
+    h = torch.randn(1, model.config.embedding_dim)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(steps):
+                for m in layers:
+                    m(x[m])
+                model.lm_head(h)
+            best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def through_forward(model: GPT, token, caches):
+    """A decode step through the model's general forward (its own attention backend), as a simple KV cache does."""
+    return model.lm_head(model.hidden_states(token, kv_caches=caches)[:, -1])  # (B, V)
+
+
+def step_time(model: GPT, step=sampling.decode_step, steps: int = 200) -> float:
+    """Seconds per decode step, from position 0 to `steps`, best of 5."""
+    token = torch.zeros(1, 1, dtype=torch.long)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(5):
+            caches = model.new_kv_caches(1)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(model, token, caches)
+            best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def count_operators(model: GPT) -> int:
+    """Top-level torch operators one decode step dispatches (what each costs a few microseconds of overhead)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    token = torch.zeros(1, 1, dtype=torch.long)
+    with torch.inference_mode():
+        caches = model.new_kv_caches(1)
+        sampling.decode_step(model, token, caches)
+        with Count():
+            sampling.decode_step(model, token, caches)
+    return Count.calls
+
+
+def profile_step(model: GPT, steps: int = 100, top: int = 8) -> list[str]:
+    """torch.profiler's top operators by self CPU time over `steps` decode steps, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    token = torch.zeros(1, 1, dtype=torch.long)
+    stderr = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the profiler's C++ side chatters on stderr
+    try:
+        with torch.inference_mode():
+            caches = model.new_kv_caches(1)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    sampling.decode_step(model, token, caches)
+    finally:
+        os.dup2(stderr, 2)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    lines = [f"  torch.profiler, top operators by own time per step (the profiler inflates small ops; "
+             f"{total / steps / 1e3:.2f} ms/step in all):"]
+    for e in events[:top]:
+        lines.append(f"    {e.key:<50} {e.self_cpu_time_total / steps / 1e3:6.3f} ms  "
+                     f"{100 * e.self_cpu_time_total / total:4.1f}%  {e.count / steps:4.0f} calls")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the fast loops; the best of each is kept")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice, one per core)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the step breakdown")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, greedy, one-token prompt")
+    header = f"{'model':<8} {'params':>7} {'new':>4} {'no cache':>9} {'KV cache':>9} {'ratio':>6} {'HF':>9} {'ours/HF':>8}"
+    print(header + "  (tokens/s)")
+    models = {}
+    for name, new_tokens in RUNS:
+        torch.manual_seed(0)
+        if name not in models:
+            model = GPT(MODELS[name]).eval()
+            models[name] = (model, hf_gpt2(model))
+        model, hf = models[name]
+        r = measure(model, hf, new_tokens, args.repeats)
+        hf_text = f"{r['HF']:9.0f} {r['KV cache'] / r['HF']:7.2f}x" if "HF" in r else f"{'-':>9} {'-':>8}"
+        inside = "inside" if 1 + new_tokens <= model.config.block_size else "past"
+        print(f"{name:<8} {model.num_parameters() / 1e6:6.1f}M {new_tokens:>4} {r['no cache']:9.0f} "
+              f"{r['KV cache']:9.0f} {r['KV cache'] / r['no cache']:5.1f}x {hf_text}  "
+              f"({inside} the context of {model.config.block_size}; same tokens: {'yes' if r['same'] else 'NO'})")
+    if models["6x384"][1] is None:
+        print("transformers is not installed: the issue measured HF's GPT-2 generate at ~225 tokens/s for 6x384/255")
+
+    if not args.no_profile:
+        model = models["6x384"][0]
+        step, floor, general = step_time(model), weights_floor(model), step_time(model, through_forward)
+        weight_bytes = sum(p.numel() for name, p in model.named_parameters() if name != "pos_emb.weight") * 4
+        print(f"\nwhere a 6x384 decode step goes: {step * 1e3:.2f} ms = reading the weights {floor * 1e3:.2f} ms "
+              f"({weight_bytes / 1e6:.0f} MB of fp32 at {weight_bytes / floor / 1e9:.0f} GB/s, the Linear layers "
+              f"alone) + {max(0.0, step - floor) * 1e3:.2f} ms for everything else ({count_operators(model)} torch "
+              f"operators, attention, GELU, LayerNorm, Python)")
+        print(f"  the same step through the model's general forward ({model.config.attention_backend} attention): "
+              f"{general * 1e3:.2f} ms")
+        print("\n".join(profile_step(model)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
