@@ -59,6 +59,8 @@ def read_examples(path: str, text_column: str, label_column: str) -> tuple[list[
             raise UserError(f"{path}: unknown file type {suffix or '(none)'}; use .csv, .tsv or .jsonl")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 (invalid byte at offset {e.start}); convert it first") from None
+    except csv.Error as e:
+        raise UserError(f"{path} is not a valid CSV file: {e}") from None
     for name, flag in ((text_column, "text_column"), (label_column, "label_column")):
         if name not in columns:
             found = ", ".join(repr(c) for c in columns) or "none"
@@ -94,7 +96,8 @@ def _read_jsonl(file: Path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{file} line {number} is not valid JSON: {e.msg}") from None
+                raise UserError(f"{file} line {number} is not valid JSON ({e.msg}); JSONL holds one object per "
+                                f"line") from None
             if not isinstance(row, dict):
                 raise UserError(f"{file} line {number} is not a JSON object like {{\"text\": ..., \"label\": ...}}")
             columns.update(dict.fromkeys(row))

@@ -285,3 +285,17 @@ def test_curves_png_only_when_matplotlib_is_installed(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     assert report.plot_curves(history, str(tmp_path / "curves.png"), 0.4) == str(tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": \n')
+    with pytest.raises(UserError, match="bad.jsonl line 2 is not valid JSON"):
+        cd.read_examples(str(tmp_path / "bad.jsonl"), "text", "label")
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,x\n".encode("latin-1"))
+    with pytest.raises(UserError, match="latin1.csv is not UTF-8"):
+        cd.read_examples(str(tmp_path / "latin1.csv"), "text", "label")
+    (tmp_path / "data.xlsx").write_bytes(b"PK")
+    with pytest.raises(UserError, match="unknown file type .xlsx; use .csv, .tsv or .jsonl"):
+        cd.read_examples(str(tmp_path / "data.xlsx"), "text", "label")
+    with pytest.raises(UserError, match="no data file at .*missing.csv"):
+        cd.read_examples(str(tmp_path / "missing.csv"), "text", "label")
