@@ -49,8 +49,12 @@ class GenerateConfig:
     top_alternatives: int = arg(0, "after each sample, a table of the N most probable tokens at every step")
     no_kv_cache: bool = arg(False, "re-run the whole context every step (the slow reference) instead of a KV cache")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
+    threads: int = arg(1, "CPU threads; 0 = torch's default (one per core). One, because a batch-1 step is a chain "
+                          "of small operations that a second thread slows down (10-100x on a busy 2-core machine)")
 
     def __post_init__(self):
+        if self.threads < 0:
+            raise UserError(f"threads={self.threads} must not be negative (0 = torch's default)")
         for name in ("num_samples", "max_new_tokens", "top_k"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -208,14 +212,17 @@ def run_sample(model, tokenizer, prompt_ids, cfg: GenerateConfig, generator, dev
 def main(argv=None):
     (cfg,), _ = load_config(sys.argv[1:] if argv is None else argv, (GenerateConfig,), __doc__.splitlines()[0])
     device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
     path = find_checkpoint(cfg)
     state = load_checkpoint(path)
     model, tokenizer = model_from_checkpoint(state, device)
     prompt = read_prompt(cfg.prompt)
     prompt_ids, stand_in = encode_prompt(prompt, tokenizer)
     block_size = model.config.block_size
+    where = f"{device}, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
     note(f"{path}: {model.num_parameters():,} parameters, step {state.get('step', '?')}, {tokenizer.kind} tokenizer; "
-         f"{'no KV cache' if cfg.no_kv_cache else 'KV cache'}, {device}")
+         f"{'no KV cache' if cfg.no_kv_cache else 'KV cache'}, {where}")
     if len(prompt_ids) > block_size:
         note(f"the prompt is {len(prompt_ids)} tokens; the model sees its last {block_size} (block_size)")
 

@@ -137,8 +137,9 @@ class GPT(nn.Module):
         greedy (or temperature=0) takes the argmax; otherwise tokens are sampled from softmax(logits / temperature)
         cut to top_k and top_p, drawing from `generator` (torch's global RNG when None). kv_cache=False re-runs the
         whole context at every step (the reference). With return_probs, returns a sampling.Generation that also
-        holds each new token's probability under the model and, with top_alternatives=K, the K most probable tokens
-        at each step. Past block_size, the last half of the context becomes the new prefix (see sampling.py).
+        holds each new token's probability under the model and, with top_alternatives=K (which implies
+        return_probs), the K most probable tokens at each step. Past block_size, the last half of the context
+        becomes the new prefix (see sampling.py).
         """
         import sampling  # the sampler is its own chapter, and sampling.py needs nothing from this file
 

@@ -44,8 +44,10 @@ import torch
 import torch.nn.functional as F
 
 
-def check_settings(temperature: float, top_k: int | None, top_p: float | None, greedy: bool):
-    """Raise ValueError for settings that would sample nonsense (the CLI turns these into one-line errors)."""
+def check_settings(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None):
+    """Raise ValueError for settings that would sample nonsense (generate.py checks them as one-line errors)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
     if temperature < 0 or temperature != temperature:
         raise ValueError(f"temperature={temperature} must be positive (or 0 for greedy)")
     if top_k is not None and top_k < 1:
@@ -135,7 +137,7 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
     mode is restored afterwards). with_probs / top_alternatives=K ask for the model's probabilities (see the module
     docstring); with neither and greedy, no softmax is computed at all.
     """
-    check_settings(temperature, top_k, top_p, greedy)
+    check_settings(max_new_tokens, temperature, top_k, top_p)
     B, T = idx.shape
     if T < 1:
         raise ValueError("the prompt must hold at least one token (an end-of-text or newline token, for instance)")
@@ -171,11 +173,12 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
                     cached = length
                 else:
                     logits = model(tokens[:, start:length])[0][:, -1]  # (B, V), the whole window every time
+                logits = logits.float()  # (B, V); under autocast the head gives bfloat16
                 next_id = choose(logits, temperature, top_k, top_p, greedy, generator)  # (B, 1)
                 tokens[:, length] = next_id[:, 0]
                 step = Step(ids=next_id[:, 0])  # (B,)
                 if with_probs or K:
-                    model_probs = torch.softmax(logits.float(), dim=-1)  # (B, V), temperature 1, unfiltered
+                    model_probs = torch.softmax(logits, dim=-1)  # (B, V), temperature 1, unfiltered
                     step.prob = model_probs.gather(-1, next_id)[:, 0]  # (B,)
                     if K:
                         step.top_probs, step.top_ids = torch.topk(model_probs, K, dim=-1)  # (B, K) each
@@ -185,12 +188,13 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
 
 
 def generate(model, idx, max_new_tokens: int, return_probs: bool = False, top_alternatives: int = 0, **settings):
-    """Extend idx (B, T) by max_new_tokens tokens -> ids (B, T + N), or a Generation when return_probs is set.
+    """Extend idx (B, T) by max_new_tokens tokens -> ids (B, T + N), or a Generation when return_probs is set
+    (top_alternatives > 0 implies it).
 
     settings: temperature, top_k, top_p, greedy, generator, kv_cache, as for `stream`.
     """
-    want_probs = return_probs or top_alternatives > 0
-    steps = list(stream(model, idx, max_new_tokens, with_probs=want_probs, top_alternatives=top_alternatives,
+    return_probs = return_probs or top_alternatives > 0
+    steps = list(stream(model, idx, max_new_tokens, with_probs=return_probs, top_alternatives=top_alternatives,
                         **settings))
     new = torch.stack([s.ids for s in steps], dim=1)  # (B, N)
     ids = torch.cat((idx, new), dim=1)  # (B, T + N)

@@ -158,10 +158,11 @@ def test_temperature_towards_zero_is_greedy():
     assert torch.equal(cold, greedy)
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize("settings", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5),
+                                      dict(max_new_tokens=0)])
 def test_api_rejects_bad_settings(settings):
     with pytest.raises(ValueError):
-        tiny_model().generate(prompt(2), 3, **settings)
+        tiny_model().generate(prompt(2), **{"max_new_tokens": 3, **settings})
 
 
 def test_generation_leaves_no_trace():
@@ -178,6 +179,14 @@ def test_generation_leaves_no_trace():
 
 
 # --- generate.py
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """generate.main sets torch's thread count (--threads); give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -303,5 +312,5 @@ def test_help_lists_every_setting():
     text = build_parser((generate.GenerateConfig,), "x").format_help()
     for flag in ("--prompt", "--num_samples", "--max_new_tokens", "--temperature", "--top_k", "--top_p", "--greedy",
                  "--seed", "--stream", "--device", "--show_probs", "--top_alternatives", "--no_kv_cache",
-                 "--checkpoint", "--out_dir"):
+                 "--checkpoint", "--out_dir", "--threads"):
         assert flag in text
