@@ -194,8 +194,8 @@ def main() -> int:
     logging.disable(logging.WARNING)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, greedy, one-token prompt")
-    header = f"{'model':<8} {'params':>7} {'new':>4} {'no cache':>9} {'KV cache':>9} {'ratio':>6} {'HF':>9} {'ours/HF':>8}"
-    print(header + "  (tokens/s)")
+    print(f"{'model':<8} {'params':>7} {'new':>4} {'no cache':>9} {'KV cache':>9} {'ratio':>6} {'HF':>9} "
+          f"{'ours/HF':>8}  (tokens/s)")
     models = {}
     for name, new_tokens in RUNS:
         torch.manual_seed(0)

@@ -257,7 +257,21 @@ def test_cli_empty_prompt_starts_from_a_newline_with_char(capsys, out_dir):
     assert "empty prompt: starting from a newline" in captured.err
 
 
-def test_with_prob_and_visible():
+def test_cli_with_a_byte_level_tokenizer_starts_from_end_of_text_and_streams_whole_characters(capsys, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3 + "née ☃\n", encoding="utf-8")
+    tokenizer = train_tokenizer("bbpe", str(corpus), vocab_size=300, progress=False)
+    model = tiny_model(vocab_size=tokenizer.vocab_size)
+    save_checkpoint(tmp_path / "best_checkpoint.tar", {"model": model.state_dict(), "tokenizer": tokenizer.to_json(),
+                                                       "model_config": dataclasses.asdict(model.config)})
+    generate.main([f"--out_dir={tmp_path}", "--prompt=", "--max_new_tokens=12"])
+    assert "starting from the end-of-text token" in capsys.readouterr().err
+    batch = cli(capsys, tmp_path, "--prompt=née ☃", "--temperature=1.5")
+    assert batch.startswith("née ☃")
+    assert cli(capsys, tmp_path, "--prompt=née ☃", "--temperature=1.5", "--stream") == batch
+
+
+
     assert generate.with_prob(" dog", 0.53471) == " dog (0.5347)"
     assert generate.with_prob("\n", 0.5) == "↵ (0.5000)\n"
     assert generate.with_prob(" ", 0.25) == "␣ (0.2500)"  # a lone space would vanish between two probabilities
