@@ -20,7 +20,7 @@ The loop (`stream`), reference and fast path side by side:
                     runs ONE new position (`decode_step`, which attends with torch's fused kernel whatever the
                     model's attention_backend: for one query it is one call instead of several).
                     tests/test_generate.py proves both loops give the same tokens; bench/generate.py measures ~10x
-                    on a 10.7M-parameter model, and half of what is left of a step is reading the weights.
+                    on a 10.7M-parameter model, where ~60% of a step is then spent reading the weights.
 
 The context policy, when the text outgrows block_size. The model has learned absolute positions 0..block_size-1, so a
 window cannot slide by one token while keeping the cache: every cached key was computed at its old position. Sliding
