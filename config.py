@@ -192,6 +192,9 @@ def load_config(argv, classes, description: str, positional: str | None = None):
     """
     fields = _fields(classes)
     parser = build_parser(classes, description, positional)
+    if "-h" in argv or "--help" in argv:  # before the defaults are hidden below, so --help shows them
+        parser.print_help()
+        sys.exit(0)
     for action in parser._actions:  # keep only what was typed, so defaults never shadow the YAML file
         if action.dest != "help":
             action.default = argparse.SUPPRESS

@@ -271,8 +271,13 @@ def print_sample(model, tokenizer: Tokenizer, num_tokens: int, device, ctx):
     start = tokenizer.eot_id if tokenizer.eot_id is not None else tokenizer.encode("\n")[0]
     model.eval()
     torch.manual_seed(0)
-    with ctx:
-        ids = model.generate(torch.tensor([[start]], device=device), num_tokens, temperature=0.8, top_k=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one token at a time is too little work to share: a second thread only waits
+    try:
+        with ctx:
+            ids = model.generate(torch.tensor([[start]], device=device), num_tokens, temperature=0.8)
+    finally:
+        torch.set_num_threads(threads)
     print("\n--- sample ---\n" + tokenizer.decode(ids[0, 1:].tolist()).strip() + "\n--------------")
 
 

@@ -85,3 +85,10 @@ def test_readme_reference_is_in_sync_with_the_dataclasses():
 
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     assert markdown_reference(CLASSES) in readme, "README is stale: run `python config.py` to refresh it"
+
+
+def test_help_flag_prints_defaults_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(["--help"])
+    assert info.value.code == 0
+    assert "(default: 256)" in capsys.readouterr().out
