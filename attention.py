@@ -159,11 +159,12 @@ class _Attention(torch.autograd.Function):
         k = k.reshape(-1, S, E)  # (N, S, E)
         v = v.reshape(-1, S, Ev)  # (N, S, Ev)
         rows = BLOCK_ROWS if causal else L
-        out = q.new_empty(q.size(0), L, Ev)  # (N, L, Ev), each block writes its own rows
-        probs = []
+        probs, outs = [], []
         for a in range(0, L, rows):
             b = min(a + rows, L)
-            e = min(b, S) if causal else S  # causal: queries a..b-1 attend to no key after b-1
+            # Causal: queries a..b-1 attend to no key after b-1. The last block takes every key (the bias masks any
+            # it may not see), so that its gradients cover all of dK and dV.
+            e = min(b, S) if causal and b < L else S
             # baddbmm computes beta * input + alpha * (q @ k^T); beta=0 ignores the input: the scale costs nothing.
             att = torch.baddbmm(q.new_empty(()), q[:, a:b], k[:, :e].transpose(1, 2),
                                 beta=0.0, alpha=scale)  # (N, b - a, e), the paper's 1/sqrt(d_k) scaling (eq. 1)
@@ -172,8 +173,9 @@ class _Attention(torch.autograd.Function):
             torch.softmax(att, dim=-1, out=att)  # (N, b - a, e), in place: each row is read before it is written
             if empty_rows is not None:
                 att.view(*batch, b - a, e).masked_fill_(_rows(empty_rows, a, b, 1), 0.0)
-            torch.bmm(att, v[:, :e], out=out[:, a:b])  # O = P V for these rows
+            outs.append(torch.bmm(att, v[:, :e]))  # (N, b - a, Ev), O = P V for these rows
             probs.append(att)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (N, L, Ev)
         ctx.save_for_backward(q, k, v, out, *probs)
         ctx.scale, ctx.rows = scale, rows
         return out.view(*batch, L, Ev)  # (..., L, Ev)
@@ -185,20 +187,22 @@ class _Attention(torch.autograd.Function):
         scale, rows = ctx.scale, ctx.rows
         dout = dout.reshape(out.shape)  # (N, L, Ev)
         delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
-        # Several blocks add their parts into zeroed gradients (baddbmm_: beta * itself + alpha * product, beta=1);
-        # a single block that sees every key writes them whole (beta=0 ignores what the empty buffer holds).
-        whole = len(probs) == 1 and probs[0].size(2) == k.size(1)
-        new, beta = (torch.empty_like, 0.0) if whole else (torch.zeros_like, 1.0)
-        dq, dk, dv = new(q), new(k), new(v)  # (N, L, E), (N, S, E), (N, S, Ev)
+        dqs, dk, dv = [], None, None
         # Largest block (the last) first: each later, smaller dP then fits in the memory the previous one freed, which
         # saves page faults on fresh memory.
         for a, att in reversed(list(zip(range(0, q.size(1), rows), probs))):
             b, e = a + att.size(1), att.size(2)
-            dv[:, :e].baddbmm_(att.transpose(1, 2), dout[:, a:b], beta=beta)  # dV += P^T dO
+            dv_part = torch.bmm(att.transpose(1, 2), dout[:, a:b])  # (N, e, Ev), P^T dO
             dz = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
             dz.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dZ; masked keys have P = 0, so dZ = 0 there
-            dq[:, a:b].baddbmm_(dz, k[:, :e], beta=beta, alpha=scale)  # dQ = scale dZ K
-            dk[:, :e].baddbmm_(dz.transpose(1, 2), q[:, a:b], beta=beta, alpha=scale)  # dK += scale dZ^T Q
+            dqs.insert(0, torch.baddbmm(q.new_empty(()), dz, k[:, :e], beta=0.0, alpha=scale))  # (N, b - a, E)
+            dk_part = torch.baddbmm(q.new_empty(()), dz.transpose(1, 2), q[:, a:b], beta=0.0, alpha=scale)  # (N, e, E)
+            if dk is None:  # the last block saw every key: its parts start the sums
+                dk, dv = dk_part, dv_part  # (N, S, E), (N, S, Ev)
+            else:  # earlier blocks add to the keys they saw
+                dk[:, :e] += dk_part
+                dv[:, :e] += dv_part
+        dq = torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]  # (N, L, E)
         q_shape, k_shape, v_shape = ctx.shapes
         return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape), None, None, None, None
 
