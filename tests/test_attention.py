@@ -164,6 +164,20 @@ def test_no_batch_dimensions_and_non_contiguous_inputs():
     assert_same_as_torch(q, k, v, is_causal=True)
 
 
+def test_common_calls_take_the_fast_path(monkeypatch):
+    """The speed of MultiHeadAttention rests on these calls reaching the fast path (the reference gives the same
+    values, so the tests above would not notice a silent fallback)."""
+    def fallback(*args, **kwargs):
+        raise AssertionError("fell back to attention_reference")
+
+    monkeypatch.setattr(attention, "attention_reference", fallback)
+    q, k, v = qkv(2, 3, 8, 8, 16)
+    scaled_dot_product_attention(q, k, v, is_causal=True)  # training
+    scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(2, 1, 1, 8, dtype=torch.bool))  # padding
+    scaled_dot_product_attention(q[:, :, -3:], k, v, attn_mask=causal_mask(3, 8, q.device, 5))  # KV cache
+    scaled_dot_product_attention(q[:, :, -1:], k, v)  # KV cache, one token
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_gradcheck(small_blocks, is_causal):
     q, k, v = qkv(1, 2, 7, 7, 4, 3, dtype=torch.float64)
