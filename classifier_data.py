@@ -235,7 +235,7 @@ def pad_batch(sequences: list[list[int]], device="cpu"):
     B, T = len(sequences), max(len(s) for s in sequences)
     idx = torch.zeros(B, T, dtype=torch.long)  # (B, T); the pad id (0) is never read: the mask hides it
     for i, s in enumerate(sequences):
-        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)  # (len(s),) into row i
     lengths = torch.tensor([len(s) for s in sequences])  # (B,)
     padding_mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
     return idx.to(device), padding_mask.to(device)

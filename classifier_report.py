@@ -19,8 +19,9 @@ from config import ModelConfig
 
 def confusion_matrix(targets, preds, num_classes: int) -> torch.Tensor:
     """(K, K) counts, rows the true class, columns the predicted one. [0, 0, 1], [0, 1, 1], 2 -> [[1, 1], [0, 1]]."""
-    targets, preds = torch.as_tensor(targets), torch.as_tensor(preds)
-    return torch.bincount(targets * num_classes + preds, minlength=num_classes ** 2).view(num_classes, num_classes)
+    targets, preds = torch.as_tensor(targets), torch.as_tensor(preds)  # (N,), (N,)
+    pair_ids = targets * num_classes + preds  # (N,), one id per (true, predicted) pair
+    return torch.bincount(pair_ids, minlength=num_classes ** 2).view(num_classes, num_classes)  # (K, K)
 
 
 def majority_baseline(train_labels: list[int], val_labels: list[int], num_classes: int) -> tuple[int, float]:

@@ -285,7 +285,7 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
                 head_lr = optimizer.param_groups[0]["lr"]
                 progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", lr=f"{head_lr:.2e}")
         val_loss, preds = evaluate(model, val_x, val_y, cfg.batch_size, ctx, device)
-        accuracy = (preds == torch.tensor(val_y)).float().mean().item()
+        accuracy = (preds == torch.tensor(val_y)).float().mean().item()  # (N,) == (N,) -> a number
         row = {"epoch": epoch, "train_loss": loss_sum / len(train_x), "val_loss": val_loss, "val_accuracy": accuracy}
         history.append(row)
         improved = best is None or (accuracy, -val_loss) > (best["val_accuracy"], -best["val_loss"])
