@@ -135,8 +135,9 @@ def load_language_model(path: str, device) -> tuple[GPT, Tokenizer]:
         try:
             state = load_checkpoint(path)
         except UserError as e:
-            hint = " (a classifier; start from the language model it came from)" if FORMAT in str(e) else ""
-            raise UserError(f"{e}{hint}; --checkpoint needs a language model from `python playground.py`") from None
+            if f"found {FORMAT!r}" in str(e):
+                e = f"{path} is a classifier"
+            raise UserError(f"{e}; --checkpoint needs a language model from `python playground.py`") from None
     else:
         raise UserError(f"no language-model checkpoint at {path}; train one first with `python playground.py` "
                         f"(or pass --checkpoint)")

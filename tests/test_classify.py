@@ -258,7 +258,7 @@ def test_wrong_checkpoints_are_refused(lm_checkpoint, tmp_path):
     expect_error("its tokenizer has 3 tokens but its model 8", str(mismatched), tmp_path)
     classifier = tmp_path / "classifier.tar"
     save_checkpoint(classifier, {"model": {}}, format=classify.FORMAT)
-    expect_error("not a scratchgpt-lm checkpoint .*a classifier", str(classifier), tmp_path)
+    expect_error("classifier.tar is a classifier; --checkpoint needs a language model", str(classifier), tmp_path)
     with pytest.raises(UserError, match="not a scratchgpt-classifier checkpoint .*classify.py train"):
         classify.main(["predict", "--checkpoint", lm_checkpoint, "hello"])
 
