@@ -127,6 +127,12 @@ def _causal_bias(L: int, S: int, device: torch.device, dtype: torch.dtype) -> to
     return torch.zeros(L, S, dtype=dtype, device=device).masked_fill_(~causal_mask(L, S, device), float("-inf"))
 
 
+def _scaled_bmm(x, y, scale):
+    """scale * (x @ y) for batches of matrices, scaled inside the product at no cost: baddbmm computes
+    beta * input + alpha * (x @ y), and beta=0 ignores the input (any tensor that broadcasts will do)."""
+    return torch.baddbmm(x.new_empty(()), x, y, beta=0.0, alpha=scale)  # (N, n, m)
+
+
 def _rows(mask, a, b, e):
     """The part of a broadcastable (..., L or 1, S or 1) mask for queries a..b-1 and keys 0..e-1."""
     if mask.size(-2) > 1:
@@ -165,9 +171,7 @@ class _Attention(torch.autograd.Function):
             # Causal: queries a..b-1 attend to no key after b-1. The last block takes every key (the bias masks any
             # it may not see), so that its gradients cover all of dK and dV.
             e = min(b, S) if causal and b < L else S
-            # baddbmm computes beta * input + alpha * (q @ k^T); beta=0 ignores the input: the scale costs nothing.
-            att = torch.baddbmm(q.new_empty(()), q[:, a:b], k[:, :e].transpose(1, 2),
-                                beta=0.0, alpha=scale)  # (N, b - a, e), the paper's 1/sqrt(d_k) scaling (eq. 1)
+            att = _scaled_bmm(q[:, a:b], k[:, :e].transpose(1, 2), scale)  # (N, b - a, e), scale q k^T (eq. 1)
             if bias is not None:
                 att.view(*batch, b - a, e).add_(_rows(bias, a, b, e))  # in place, broadcast over the batch dims
             torch.softmax(att, dim=-1, out=att)  # (N, b - a, e), in place: each row is read before it is written
@@ -195,8 +199,8 @@ class _Attention(torch.autograd.Function):
             dv_part = torch.bmm(att.transpose(1, 2), dout[:, a:b])  # (N, e, Ev), P^T dO
             dz = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
             dz.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dZ; masked keys have P = 0, so dZ = 0 there
-            dqs.insert(0, torch.baddbmm(q.new_empty(()), dz, k[:, :e], beta=0.0, alpha=scale))  # (N, b - a, E)
-            dk_part = torch.baddbmm(q.new_empty(()), dz.transpose(1, 2), q[:, a:b], beta=0.0, alpha=scale)  # (N, e, E)
+            dqs.insert(0, _scaled_bmm(dz, k[:, :e], scale))  # (N, b - a, E), scale dZ K
+            dk_part = _scaled_bmm(dz.transpose(1, 2), q[:, a:b], scale)  # (N, e, E), scale dZ^T Q
             if dk is None:  # the last block saw every key: its parts start the sums
                 dk, dv = dk_part, dv_part  # (N, S, E), (N, S, Ev)
             else:  # earlier blocks add to the keys they saw

@@ -91,7 +91,7 @@ def bench_training_step(steps: int) -> tuple[float, float, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=TRAINING_SHAPES, help="attention shapes, BxHxTxD")
+    parser.add_argument("--shapes", nargs="*", default=TRAINING_SHAPES, help="attention shapes, BxHxTxD (none: skip)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per measurement (median kept)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per backend (median kept)")
     parser.add_argument("--no-model", action="store_true", help="skip the training-step comparison")
