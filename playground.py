@@ -160,19 +160,7 @@ def main(argv=None):
 
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
     if dist.is_main:
-        print(f"model: {raw_model.num_parameters():,} parameters ({raw_model.num_parameters(False):,} without "
-              f"embeddings), {model_cfg.num_of_layers} layers x {model_cfg.embedding_dim} wide, "
-              f"{model_cfg.num_of_heads} heads, context {model_cfg.block_size}, {model_cfg.attention_backend} attention")
-        print(f"data: {corpus}, {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens), "
-              f"{len(tokens.train):,} train / {len(tokens.val):,} val tokens")
-        accumulation = (f" ({train_cfg.gradient_accumulation_steps} micro-batches of {train_cfg.batch_size} "
-                        f"accumulated{f' over {dist.world_size} processes' if dist.enabled else ''})"
-                        if train_cfg.gradient_accumulation_steps > 1 else "")
-        scope = "global " if dist.enabled else ""
-        print(f"training: {tokens_per_step:,} {scope}tokens per step{accumulation}, steps {step} -> {train_cfg.max_iters}, "
-              f"lr {train_cfg.learning_rate:g} (warmup {train_cfg.warmup_iters}, cosine to {train_cfg.min_lr:g} "
-              f"at {train_cfg.lr_decay_iters or train_cfg.max_iters}), device {device}, dtype "
-              f"{str(dtype).replace('torch.', '')}{' autocast' if dtype != torch.float32 else ''}")
+        print_summary(raw_model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device, dtype)
     logger = WandbLogger(train_cfg, model_cfg) if train_cfg.wandb and dist.is_main else None
 
     def write_checkpoint(name):
@@ -244,6 +232,28 @@ def main(argv=None):
     if logger:
         logger.finish()
     dist.stop()
+
+
+def print_summary(model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device, dtype):
+    """What is about to happen: the model's size, the data, tokens per step, the schedule, device and precision."""
+    print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(False):,} without embeddings), "
+          f"{model_cfg.num_of_layers} layers x {model_cfg.embedding_dim} wide, {model_cfg.num_of_heads} heads, "
+          f"context {model_cfg.block_size}, {model_cfg.attention_backend} attention")
+    print(f"data: {corpus}, {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens), "
+          f"{len(tokens.train):,} train / {len(tokens.val):,} val tokens")
+    accumulation, scope = "", ""
+    if train_cfg.gradient_accumulation_steps > 1:
+        processes = f" over {dist.world_size} processes" if dist.enabled else ""
+        accumulation = (f" ({train_cfg.gradient_accumulation_steps} micro-batches of {train_cfg.batch_size} "
+                        f"accumulated{processes})")
+    if dist.enabled:
+        scope = "global "
+    tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
+    precision = str(dtype).replace("torch.", "") + (" autocast" if dtype != torch.float32 else "")
+    print(f"training: {tokens_per_step:,} {scope}tokens per step{accumulation}, steps {step} -> "
+          f"{train_cfg.max_iters}, lr {train_cfg.learning_rate:g} (warmup {train_cfg.warmup_iters}, cosine to "
+          f"{train_cfg.min_lr:g} at {train_cfg.lr_decay_iters or train_cfg.max_iters}), device {device}, "
+          f"dtype {precision}")
 
 
 def maybe_compile(model, compile_requested: bool):
