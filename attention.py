@@ -28,8 +28,8 @@ from torch.autograd.function import once_differentiable
 
 # Causal attention is computed BLOCK_ROWS queries at a time: a block needs the keys up to its last query only, so most
 # of the masked upper triangle is never computed (with 4 blocks, 3/8 of all scores are skipped) and each block's
-# scores are smaller, so they stay in cache longer. 64 measured best with bench/attention.py at T = 128 to 1024 (fewer
-# rows per block and the loop costs more than it saves); T <= 64 is a single block.
+# scores are smaller, so they stay in cache longer. 64 measured best with bench/attention.py at T = 128 to 1024, against
+# 32, 128 and 256 (smaller blocks: the loop costs more than it saves); T <= 64 is a single block.
 BLOCK_ROWS = 64
 
 
@@ -177,6 +177,7 @@ class _Attention(torch.autograd.Function):
             torch.softmax(att, dim=-1, out=att)  # (N, b - a, e), in place: each row is read before it is written
             if empty_rows is not None:
                 att.view(*batch, b - a, e).masked_fill_(_rows(empty_rows, a, b, 1), 0.0)
+            # A fresh output per block, then one cat: bmm into a strided slice of `out` would go one matrix at a time.
             outs.append(torch.bmm(att, v[:, :e]))  # (N, b - a, Ev), O = P V for these rows
             probs.append(att)
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (N, L, Ev)
