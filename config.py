@@ -43,9 +43,9 @@ class ModelConfig:
     """The shape of the GPT (read by gpt.GPT)."""
     vocab_size: int | None = arg(None, "number of token ids; taken from the tokenizer when not given")
     block_size: int = arg(128, "context length: the most tokens the model sees at once")
-    embedding_dim: int = arg(256, "width of the residual stream (C)")
+    embedding_dim: int = arg(128, "width of the residual stream (C)")
     num_of_layers: int = arg(4, "number of transformer blocks")
-    num_of_heads: int = arg(8, "attention heads per block; must divide embedding_dim")
+    num_of_heads: int = arg(4, "attention heads per block; must divide embedding_dim")
     dropout: float = arg(0.0, "dropout probability in [0, 1) on attention weights and residual branches")
     bias: bool = arg(True, "use biases in Linear layers and LayerNorms, as GPT-2 does")
     attention_backend: str = arg("manual", "hand-written attention.py, or torch's fused scaled_dot_product_attention",
@@ -68,8 +68,8 @@ class TrainConfig:
     val_fraction: float = arg(0.1, "fraction of the token stream held out for validation (taken from its end)")
     batch_size: int = arg(32, "sequences per micro-batch")
     gradient_accumulation_steps: int = arg(1, "micro-batches summed into one optimizer step (1 = off)")
-    max_iters: int = arg(1500, "optimizer steps to train for")
-    learning_rate: float = arg(2e-3, "peak learning rate, reached at the end of warmup")
+    max_iters: int = arg(3000, "optimizer steps to train for")
+    learning_rate: float = arg(4e-3, "peak learning rate, reached at the end of warmup")
     min_lr: float | None = arg(None, "floor of the cosine decay; learning_rate / 10 when not given")
     warmup_iters: int | None = arg(None, "linear warmup steps; when not given, 5%% of max_iters capped at 2000")
     lr_decay_iters: int | None = arg(None, "step at which the cosine reaches min_lr; max_iters when not given")

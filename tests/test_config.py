@@ -91,4 +91,4 @@ def test_help_flag_prints_defaults_and_exits_zero(capsys):
     with pytest.raises(SystemExit) as info:
         parse(["--help"])
     assert info.value.code == 0
-    assert "(default: 256)" in capsys.readouterr().out
+    assert "(default: 128)" in capsys.readouterr().out
