@@ -1,5 +1,8 @@
 """playground.py: the schedule, an end-to-end run, checkpoints, exact resume, and every bad input's one-line error."""
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +185,19 @@ def test_nan_loss_stops_with_advice_and_keeps_the_checkpoint(capsys, corpus, tmp
     err = cli_error(capsys, [corpus, f"--out_dir={out}", "--resume", "--max_iters=10"])
     assert "loss became nan at step 5" in err and "--learning_rate" in err
     assert (out / "model_checkpoint.tar").read_bytes() == before
+
+
+def test_wandb_logs_offline_when_asked(corpus, tmp_path):
+    out = tmp_path / "out"
+    train(corpus, out, "--max_iters=10", "--eval_interval=5", "--wandb")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_wandb_is_not_imported_unless_asked(corpus, tmp_path):
+    code = ("import sys, playground; playground.main(sys.argv[1:]); "
+            "assert 'wandb' not in sys.modules, 'wandb was imported'")
+    result = subprocess.run([sys.executable, "-c", code, corpus, f"--out_dir={tmp_path / 'o'}", *TINY,
+                             "--max_iters=3", "--eval_interval=3"], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-1000:]
