@@ -15,6 +15,7 @@ same weights. Under torchrun, each process takes its share of the micro-batches 
 Read next: generate.py, which samples from the checkpoints written here.
 """
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -28,7 +29,7 @@ from checkpoint import (autocast, config_dict, load_checkpoint, resolve_device, 
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from distributed import Distributed
 from gpt import GPT
-from tokenizer import KINDS, Tokenizer, TokenizerError, load_tokenizer, train_tokenizer
+from tokenizer import KINDS, Tokenizer, TokenizerError, load_tokenizer, read_corpus, train_tokenizer
 
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
@@ -73,8 +74,16 @@ def resolve_tokenizer(spec: str, corpus_path: str) -> Tokenizer:
     if kind in KINDS and size:
         if not size.isdigit():
             raise UserError(f"--tokenizer={spec}: the vocabulary size after ':' must be a number, e.g. {kind}:4096")
+        # Trained once per (corpus, spec) and cached: reruns, and the other processes under torchrun, load it.
+        key = hashlib.sha256((read_corpus(corpus_path) + spec).encode()).hexdigest()[:16]
+        cached = data.cache_dir() / f"tokenizer-{kind}-{size}-{key}.json"
+        if cached.exists():
+            return load_tokenizer(str(cached))
         print(f"training a {kind} tokenizer with {size} tokens on {corpus_path} ...")
-        return train_tokenizer(kind, corpus_path, int(size))
+        tokenizer = train_tokenizer(kind, corpus_path, int(size))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(cached))
+        return tokenizer
     if os.path.exists(spec):
         return load_tokenizer(spec)
     raise UserError(f"--tokenizer={spec} is neither char, bpe:N, bbpe:N nor an existing tokenizer.json file")

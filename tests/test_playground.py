@@ -132,6 +132,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path,
 
 def test_bad_corpora(capsys, tmp_path):
     assert "not found" in cli_error(capsys, [str(tmp_path / "missing.txt")])
+    assert "not found" in cli_error(capsys, [str(tmp_path / "missing.txt"), "--tokenizer=bbpe:300"])
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert "empty" in cli_error(capsys, [str(empty)])
@@ -201,3 +202,10 @@ def test_wandb_is_not_imported_unless_asked(corpus, tmp_path):
                              "--max_iters=3", "--eval_interval=3"], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-1000:]
+
+
+def test_a_trained_tokenizer_is_cached_per_corpus_and_spec(corpus, tmp_path, capsys):
+    first = playground.resolve_tokenizer("bpe:40", corpus)
+    assert "training a bpe tokenizer" in capsys.readouterr().out
+    second = playground.resolve_tokenizer("bpe:40", corpus)
+    assert "training" not in capsys.readouterr().out and second.to_json() == first.to_json()
