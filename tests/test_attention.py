@@ -295,3 +295,12 @@ def test_constructor_errors():
         MultiHeadAttention(10, 3)
     with pytest.raises(ValueError, match="backend"):
         MultiHeadAttention(12, 3, backend="flash")
+
+
+def test_is_causal_with_a_mask_combines_both_like_torch():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 4)
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True), expected)
