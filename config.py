@@ -83,7 +83,8 @@ class TrainConfig:
     out_dir: str = arg("out", "where checkpoints (and offline wandb logs) are written")
     resume: bool = arg(False, "continue the run saved in out_dir/model_checkpoint.tar")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
-    dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto picks bfloat16 where the hardware is fast at it",
+    dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto picks bfloat16 where the "
+                             "hardware is fast at it",
                      choices=("auto", "float32", "bfloat16"))
     compile: bool = arg(False, "torch.compile the model (falls back to eager with a warning if it fails)")
     seed: int = arg(1337, "random seed for initialisation and batch sampling")

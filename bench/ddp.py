@@ -17,8 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tokens_per_second(processes: int, max_iters: int, out_dir: str) -> float:
     threads = max(1, (os.cpu_count() or 2) // processes)
-    launcher = [sys.executable, "playground.py"] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "playground.py"]
+    launcher = [sys.executable, "playground.py"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                    "playground.py"]
     flags = [f"--max_iters={max_iters}", f"--eval_interval={max_iters}", "--eval_iters=1", "--sample_tokens=0",
              "--gradient_accumulation_steps=2", "--batch_size=16", f"--out_dir={out_dir}", "--device=cpu"]
     result = subprocess.run(launcher + flags, cwd=ROOT, capture_output=True, text=True,

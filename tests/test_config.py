@@ -37,7 +37,8 @@ def test_yaml_sets_fields_and_flags_override(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--embedding_dim=100", "--num_of_heads=3"], "embedding_dim=100 is not divisible by num_of_heads=3; pick a multiple of 3"),
+    (["--embedding_dim=100", "--num_of_heads=3"],
+     "embedding_dim=100 is not divisible by num_of_heads=3; pick a multiple of 3"),
     (["--embeding_dim=64"], "unknown flag --embeding_dim; did you mean embedding_dim?"),
     (["--dropout=1.0"], "dropout=1.0 must be in [0, 1)"),
     (["--num_of_layers=0"], "num_of_layers=0 must be positive"),
