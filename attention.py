@@ -96,7 +96,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     attn_mask: boolean (True = may attend) or float (added to the scores), broadcastable to (..., L, S).
     is_causal: query i attends to keys 0..i. Like torch, the mask is aligned top-left when L != S (query i sees keys
         0..i even if there are more keys than queries). Given together with attn_mask, both must allow a key
-        (torch 2.13 does the same).
+        (torch 2.13's fused CPU kernel does the same; its math fallback, taken with dropout or a value size that
+        differs from the query size, raises an error instead).
     scale: defaults to 1/sqrt(E), the paper's 1/sqrt(d_k) (eq. 1).
     A query whose keys are all masked gets an output of zeros (torch does the same), not NaN.
 

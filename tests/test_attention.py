@@ -298,6 +298,7 @@ def test_constructor_errors():
 
 
 def test_is_causal_with_a_mask_combines_both_like_torch():
+    """torch's fused CPU kernel ANDs the two (its math fallback, e.g. with Ev != E or dropout, raises instead)."""
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 4)
     mask = torch.rand(5, 7) > 0.3
