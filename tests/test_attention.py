@@ -36,7 +36,7 @@ def assert_same_as_torch(q, k, v, torch_kwargs=None, **kwargs):
     for fn in (scaled_dot_product_attention, attention_reference):
         got = run(fn, q, k, v, grad, **kwargs)
         for name, g, e in zip(["out", "dq", "dk", "dv", "dmask"], got, expected):
-            torch.testing.assert_close(g, e, **TOL[q.dtype], msg=lambda m: f"{fn.__name__} {name}: {m}")
+            torch.testing.assert_close(g, e, **TOL[q.dtype], msg=lambda m, what=f"{fn.__name__} {name}": f"{what}: {m}")
 
 
 def qkv(B, H, L, S, E, Ev=None, dtype=torch.float32, seed=0):
@@ -95,12 +95,13 @@ def masks(B, H, L, S, dtype):
     bias_inf = bias.masked_fill(torch.rand(L, S, generator=g) > 0.6, float("-inf"))
     bias_inf[-1] = float("-inf")  # a float mask row with nothing left
     return dict(bool_full=full, bool_padding=padding, bool_per_head=per_head, bool_per_query=per_query,
-                bool_2d=full[0, 0], float_2d=bias, float_inf=bias_inf, float_full=torch.where(full, 0.5, -math.inf).to(dtype))
+                bool_2d=full[0, 0], float_2d=bias, float_inf=bias_inf,
+                float_full=torch.where(full, 0.5, -math.inf).to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8, 16, 16), (2, 3, 5, 9, 16, 8), (2, 3, 9, 5, 16, 16), (1, 1, 7, 7, 24, 24)],
-                         ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8, 16, 16), (2, 3, 5, 9, 16, 8), (2, 3, 9, 5, 16, 16),
+                                   (1, 1, 7, 7, 24, 24)], ids=str)
 @pytest.mark.parametrize("mask_name", list(masks(2, 3, 8, 8, torch.float32)))
 def test_masks(mask_name, shape, dtype):
     q, k, v = qkv(*shape, dtype=dtype)
@@ -184,7 +185,8 @@ def test_gradcheck(small_blocks, is_causal):
     mask = torch.rand(7, 7, generator=torch.Generator().manual_seed(3)) > 0.3
     mask[4] = False  # a fully masked row
     bias = torch.randn(2, 7, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=is_causal), (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=is_causal),
+                                    (q, k, v))
     assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal),
                                     (q, k, v))
     assert torch.autograd.gradcheck(lambda q, k, v, b: attention_reference(q, k, v, b, is_causal=is_causal),
