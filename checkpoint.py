@@ -19,7 +19,6 @@ This file also says where the model runs (device, dtype) since every script need
 Read next: playground.py.
 """
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
 
@@ -78,10 +77,6 @@ def model_from_checkpoint(state: dict, device="cpu", backend: str | None = None)
     model.load_state_dict(state["model"])
     tokenizer = Tokenizer.from_json(state["tokenizer"], source="the checkpoint's tokenizer")
     return model.to(device).eval(), tokenizer
-
-
-def config_dict(config) -> dict:
-    return dataclasses.asdict(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ matplotlib is installed.
 Shape letters: B batch, T time (tokens), C embedding_dim, K num_classes.
 Read next: classifier_data.py (files, splits, padding), classifier_report.py (metrics), tests/test_classify.py.
 """
+import dataclasses
 import math
 import os
 import sys
@@ -34,8 +35,7 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 import classifier_report as report
-from checkpoint import (autocast, config_dict, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype,
-                        save_checkpoint)
+from checkpoint import autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype, save_checkpoint
 from config import ModelConfig, UserError, arg, load_config, run_main
 from gpt import GPT
 from playground import make_progress_bar
@@ -299,9 +299,10 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
         if improved:  # classifier.tar only ever holds the best epoch: a worse one never overwrites it
             best = {**row, "confusion": report.confusion_matrix(val_y, preds, K).tolist()}
             save_checkpoint(os.path.join(cfg.out_dir, "classifier.tar"), {
-                "model": model.state_dict(), "model_config": config_dict(gpt.config),
+                "model": model.state_dict(), "model_config": dataclasses.asdict(gpt.config),
                 "tokenizer": tokenizer.to_json(), "classes": classes, "pooling": cfg.pooling,
-                "train_config": config_dict(cfg), "epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss,
+                "train_config": dataclasses.asdict(cfg), "epoch": epoch, "val_accuracy": accuracy,
+                "val_loss": val_loss,
                 "baseline_accuracy": baseline, "history": history}, format=FORMAT)
     if progress:
         progress.close()

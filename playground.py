@@ -25,7 +25,7 @@ import warnings
 import torch
 
 import data
-from checkpoint import (autocast, config_dict, load_checkpoint, resolve_device, resolve_dtype, save_checkpoint)
+from checkpoint import (autocast, load_checkpoint, resolve_device, resolve_dtype, save_checkpoint)
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from distributed import Distributed
 from gpt import GPT
@@ -175,7 +175,7 @@ def main(argv=None):
     def write_checkpoint(name):
         save_checkpoint(os.path.join(out_dir, name), {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "model_config": config_dict(model_cfg), "train_config": config_dict(train_cfg),
+            "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
             "tokenizer": tokenizer.to_json(), "step": step, "best_val_loss": best_val,
             "rng": {"torch": torch.get_rng_state()}})
 
@@ -312,7 +312,7 @@ class WandbLogger:
 
         os.makedirs(train_cfg.out_dir, exist_ok=True)
         self.run = wandb.init(project=train_cfg.wandb_project, dir=train_cfg.out_dir,
-                              config={**config_dict(model_cfg), **config_dict(train_cfg)})
+                              config={**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)})
 
     def log(self, metrics: dict, step: int):
         self.run.log(metrics, step=step)

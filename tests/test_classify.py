@@ -1,5 +1,6 @@
 """classify.py: padding invariance, learning a separable task, checkpoints, reports, and every bad input."""
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -11,7 +12,7 @@ import torch
 import classifier_data as cd
 import classifier_report as report
 import classify
-from checkpoint import config_dict, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from config import ModelConfig, UserError
 from gpt import GPT
 from tokenizer import CharTokenizer, train_tokenizer
@@ -32,7 +33,7 @@ def lm_checkpoint(tmp_path):
     tokenizer = CharTokenizer.train(ALPHABET)
     model = tiny_gpt(tokenizer.vocab_size)
     path = tmp_path / "lm.tar"
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": config_dict(model.config),
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
                            "tokenizer": tokenizer.to_json(), "step": 0})
     return str(path)
 
