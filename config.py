@@ -16,6 +16,7 @@ Read next: attention.py.
 import argparse
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -29,6 +30,20 @@ class UserError(Exception):
 def arg(default, help: str, choices=None):
     """A dataclass field that carries its command-line help text (and allowed values)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+SEED_LIMIT = 2 ** 63  # numpy's and torch's generators both take seeds in [0, 2**63)
+
+
+def check_numbers(obj):
+    """Refuse what no setting means: a float field at nan or inf (`nan <= 0` is False, so range checks miss it), and a
+    `seed` outside [0, 2**63). Every config dataclass calls this first in __post_init__."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name}={value} must be a finite number")
+        if f.name == "seed" and value is not None and not 0 <= value < SEED_LIMIT:
+            raise UserError(f"seed={value} must be a whole number in [0, 2**63), e.g. --seed=1337")
 
 
 def _check_positive(obj, *names):
@@ -52,6 +67,7 @@ class ModelConfig:
                                  choices=("manual", "sdpa"))
 
     def __post_init__(self):
+        check_numbers(self)
         _check_positive(self, "vocab_size", "block_size", "embedding_dim", "num_of_layers", "num_of_heads")
         if self.embedding_dim % self.num_of_heads:
             raise UserError(f"embedding_dim={self.embedding_dim} is not divisible by num_of_heads={self.num_of_heads}; "
@@ -82,6 +98,8 @@ class TrainConfig:
     checkpoint_interval: int = arg(500, "write out_dir/model_checkpoint.tar every this many steps (and at the end)")
     out_dir: str = arg("out", "where checkpoints (and offline wandb logs) are written")
     resume: bool = arg(False, "continue the run saved in out_dir/model_checkpoint.tar")
+    overwrite: bool = arg(False, "start a new run in an out_dir that holds an earlier run's checkpoints, deleting "
+                                 "them (without it, such a run is refused)")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
     dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto picks bfloat16 where the "
                              "hardware is fast at it",
@@ -93,6 +111,7 @@ class TrainConfig:
     sample_tokens: int = arg(300, "tokens to sample from the model at the end of training (0 = no sample)")
 
     def __post_init__(self):
+        check_numbers(self)
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
                         "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters")
         if not 0.0 < self.val_fraction < 1.0:
@@ -103,6 +122,9 @@ class TrainConfig:
                 raise UserError(f"{name}={value} must not be negative")
         if self.min_lr is not None and self.min_lr > self.learning_rate:
             raise UserError(f"min_lr={self.min_lr} is above learning_rate={self.learning_rate}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{name}={getattr(self, name)} must be in [0, 1), e.g. --beta1=0.9 --beta2=0.99")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,10 +250,15 @@ def _read_yaml(path: str, fields) -> dict:
     import yaml  # only needed when a config file is given
 
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path} is not UTF-8 (invalid byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        f"save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

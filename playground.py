@@ -14,6 +14,7 @@ classic one of GPT-1/2/3 and nanoGPT:
 same weights. Under torchrun, each process takes its share of the micro-batches (distributed.py).
 Read next: generate.py, which samples from the checkpoints written here.
 """
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -22,10 +23,12 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 
 import data
-from checkpoint import (autocast, load_checkpoint, resolve_device, resolve_dtype, save_checkpoint)
+from checkpoint import (autocast, check_fits, check_writable_dir, load_checkpoint, load_weights, model_config_from,
+                        resolve_device, resolve_dtype, save_checkpoint)
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from distributed import Distributed
 from gpt import GPT
@@ -34,7 +37,11 @@ from tokenizer import KINDS, Tokenizer, TokenizerError, load_tokenizer, read_cor
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
-             "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume"}
+             "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume", "overwrite"}
+# What resuming reads from model_checkpoint.tar.
+RESUME_KEYS = ("model", "model_config", "tokenizer", "optimizer", "train_config", "step", "best_val_loss", "rng")
+CHECKPOINTS = ("model_checkpoint.tar", "best_checkpoint.tar")  # what a run writes in out_dir
+SAMPLE_BYTES_PER_TOKEN = 256  # what the end-of-run sample holds per token (a Step, its tensor, the text): at least
 
 
 class TrainingDiverged(UserError):
@@ -91,15 +98,19 @@ def resolve_tokenizer(spec: str, corpus_path: str) -> Tokenizer:
 
 def merge_resumed_config(saved: dict, flags: TrainConfig, explicit: set, model_flags: ModelConfig):
     """The saved run's settings, with the few a resumed run may change taken from the command line."""
-    model_cfg = ModelConfig(**saved["model_config"])
-    train_cfg = TrainConfig(**saved["train_config"])
+    model_cfg = model_config_from(saved, "the checkpoint")
+    try:
+        train_cfg = TrainConfig(**saved["train_config"])
+    except TypeError as e:
+        raise UserError(f"the checkpoint's train_config is not one this code reads ({e}); use another checkpoint") \
+            from None
     for name in explicit - RESUMABLE:
         source = flags if name in {f.name for f in dataclasses.fields(TrainConfig)} else model_flags
         old = getattr(model_cfg if source is model_flags else train_cfg, name)
         if getattr(source, name) != old:
             raise UserError(f"--{name} differs from the checkpoint's ({old!r}); a resumed run keeps its settings "
                             f"except {', '.join(sorted(RESUMABLE - {'resume'}))}")
-    changes = {name: getattr(flags, name) for name in explicit & RESUMABLE}
+    changes = {name: getattr(flags, name) for name in explicit & RESUMABLE | {"resume", "overwrite"}}
     return model_cfg, dataclasses.replace(train_cfg, **changes)
 
 
@@ -119,17 +130,72 @@ def estimate_loss(model, tokens: data.TokenData, cfg: TrainConfig, block_size: i
     return losses
 
 
+def check_out_dir(cfg: TrainConfig):
+    """A fresh run never replaces an earlier run's checkpoints unless told to; out_dir and the cache must be writable.
+
+    Checked before any work, by every process under torchrun, so that each fails with the same line."""
+    existing = [name for name in CHECKPOINTS if os.path.exists(os.path.join(cfg.out_dir, name))]
+    if cfg.resume and cfg.overwrite:
+        raise UserError("--resume continues the run in out_dir and --overwrite deletes it; give one of them")
+    if existing and not cfg.resume and not cfg.overwrite:
+        raise UserError(f"{cfg.out_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
+                        f"start over with --overwrite (deletes them), or choose another --out_dir")
+    check_writable_dir(cfg.out_dir)
+    check_writable_dir(data.cache_dir(), "the cache folder", "set SCRATCHGPT_CACHE to a folder you can write to")
+
+
+def check_corpus_exists(path: str | None):
+    """The corpus's missing-file errors before anything else (read_corpus says the same later); the file is not read
+    here, so that a pipe (`<(cat file)`) is read only once."""
+    if path and not os.path.exists(path):
+        raise TokenizerError(f"corpus file not found: {path}")
+    if path and os.path.isdir(path):
+        raise TokenizerError(f"corpus path is a directory, not a text file: {path}")
+
+
+def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int):
+    """Refuse a model, batch or sample this machine cannot hold, before any work, with a lower bound of its needs:
+    16 bytes per parameter (float32 weights, gradients and AdamW's two moments) plus float32 activations kept for the
+    backward pass (per block at least ten (B, T, C) tensors, and the (B, T, V) logits and their gradient)."""
+    B, T, C, L = train_cfg.batch_size, model_cfg.block_size, model_cfg.embedding_dim, model_cfg.num_of_layers
+    params = vocab_size * C + T * C + L * 12 * C * C  # embeddings; per block qkv 3C^2, proj C^2, MLP 8C^2
+    activations = 4 * B * T * (10 * L * C + 2 * vocab_size)
+    check_fits(16 * params + activations, f"training {params:,} parameters on batches of {B} x {T} tokens",
+               "use a smaller --embedding_dim, --num_of_layers, --block_size or --batch_size")
+    check_fits(SAMPLE_BYTES_PER_TOKEN * train_cfg.sample_tokens, f"--sample_tokens={train_cfg.sample_tokens}",
+               "ask for fewer, e.g. --sample_tokens=300 (generate.py --stream prints a long sample as it goes)")
+
+
+def count_distinct(ids: np.ndarray) -> int:
+    """How many different token ids occur: [3, 3, 7, 3] -> 2."""
+    return int(np.count_nonzero(np.bincount(ids)))
+
+
+def best_val_loss_on_disk(path: str) -> float:
+    """The validation loss best_checkpoint.tar was saved with (inf when there is none to keep)."""
+    if not os.path.exists(path):
+        return float("inf")
+    try:
+        return float(load_checkpoint(path, required=("best_val_loss",))["best_val_loss"])
+    except (UserError, TypeError, ValueError):
+        return float("inf")  # unreadable: the next improvement replaces it
+
+
 def main(argv=None):
     (model_cfg, train_cfg), explicit = load_config(sys.argv[1:] if argv is None else argv, (ModelConfig, TrainConfig),
                                                    __doc__.splitlines()[0], positional="corpus")
-    dist = Distributed.start()
-    out_dir = train_cfg.out_dir
+    # ---- everything that can be refused is refused here, before the processes of a torchrun job meet
+    out_dir, flags = train_cfg.out_dir, train_cfg
     resume_state = None
-    if train_cfg.resume:
-        resume_state = load_checkpoint(os.path.join(out_dir, "model_checkpoint.tar"))
+    if train_cfg.resume and not train_cfg.overwrite:
+        resume_state = load_checkpoint(os.path.join(out_dir, "model_checkpoint.tar"), required=RESUME_KEYS)
         model_cfg, train_cfg = merge_resumed_config(resume_state, train_cfg, explicit, model_cfg)
     else:
         train_cfg = resolve_schedule(train_cfg)
+    check_corpus_exists(train_cfg.corpus)
+    check_out_dir(flags)
+    check_memory(model_cfg, train_cfg, model_cfg.vocab_size or 1)
+    dist = Distributed.start()
     device = dist.device if dist.enabled else resolve_device(train_cfg.device)
     dtype = resolve_dtype(train_cfg.dtype, device)
     ctx = autocast(device, dtype)
@@ -148,6 +214,12 @@ def main(argv=None):
     elif model_cfg.vocab_size != tokenizer.vocab_size:
         raise UserError(f"--vocab_size={model_cfg.vocab_size} does not match the tokenizer's {tokenizer.vocab_size} "
                         f"tokens; drop --vocab_size to take it from the tokenizer")
+    distinct = count_distinct(tokens.train)
+    if distinct < 2:
+        raise UserError(f"the training text of {corpus} is {distinct} token repeated ({len(tokens.train):,} times); "
+                        f"there is nothing to learn. Give a corpus with at least two different "
+                        f"{'characters' if tokenizer.kind == 'char' else 'tokens'}")
+    check_memory(model_cfg, train_cfg, tokenizer.vocab_size)
     micro_steps = dist.my_micro_steps(train_cfg.gradient_accumulation_steps)
 
     # ---- model and optimizer
@@ -157,9 +229,15 @@ def main(argv=None):
                                               (train_cfg.beta1, train_cfg.beta2))
     step, best_val = 0, float("inf")
     if resume_state:
-        raw_model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
+        load_weights(raw_model, resume_state["model"])
+        try:
+            optimizer.load_state_dict(resume_state["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"the checkpoint's optimizer state does not fit its model ({e}); use another "
+                            f"checkpoint") from None
         step, best_val = resume_state["step"], resume_state["best_val_loss"]
+        # Killed between writing best_checkpoint.tar and model_checkpoint.tar, the run's best is on disk only.
+        best_val = min(best_val, best_val_loss_on_disk(os.path.join(out_dir, "best_checkpoint.tar")))
         torch.set_rng_state(resume_state["rng"]["torch"])
         if step >= train_cfg.max_iters:
             raise UserError(f"the checkpoint is at step {step}, already max_iters={train_cfg.max_iters}; "
@@ -171,6 +249,20 @@ def main(argv=None):
     if dist.is_main:
         print_summary(raw_model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device, dtype)
     logger = WandbLogger(train_cfg, model_cfg) if train_cfg.wandb and dist.is_main else None
+
+    saved_step = step if resume_state else None  # model_checkpoint.tar on disk holds this step
+
+    def stop_diverged(what: str):
+        kept = (f"nothing non-finite was saved: {out_dir}/model_checkpoint.tar (step {saved_step}) is kept as it was"
+                if saved_step is not None else "no checkpoint of this run had been written")
+        raise TrainingDiverged(f"{what} at step {step}; {kept}. Try a lower --learning_rate (now "
+                               f"{train_cfg.learning_rate:g}), --grad_clip=1, or --dtype=float32")
+
+    if train_cfg.overwrite and dist.is_main:
+        for name in CHECKPOINTS:  # the earlier run's files go now: its best must not outrank this run's
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, name))
+                print(f"--overwrite: deleted the earlier run's {os.path.join(out_dir, name)}")
 
     def write_checkpoint(name):
         save_checkpoint(os.path.join(out_dir, name), {
@@ -196,9 +288,7 @@ def main(argv=None):
             loss_sum += loss.detach()
         train_loss = dist.mean(loss_sum / len(micro_steps)).item()
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"loss became {train_loss} at step {step}; the last good checkpoint in {out_dir} is kept. Try a "
-                f"lower --learning_rate (now {train_cfg.learning_rate:g}), --grad_clip=1, or --dtype=float32")
+            stop_diverged(f"loss became {train_loss}")
         if train_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
@@ -214,6 +304,9 @@ def main(argv=None):
             logger.log({"train/loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec}, step)
 
         last = step == train_cfg.max_iters
+        checkpoint_due = last or step % train_cfg.eval_interval == 0 or step % train_cfg.checkpoint_interval == 0
+        if checkpoint_due and not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            stop_diverged("the weights became nan or inf")  # every process sees the same weights, and stops here
         if step % train_cfg.eval_interval == 0 or last:
             losses = dist.evaluate(
                 lambda: estimate_loss(compiled, tokens, train_cfg, model_cfg.block_size, ctx, device))
@@ -231,6 +324,7 @@ def main(argv=None):
                     write_checkpoint("best_checkpoint.tar")
         if dist.is_main and (step % train_cfg.checkpoint_interval == 0 or last):
             write_checkpoint("model_checkpoint.tar")
+            saved_step = step
     if progress:
         progress.close()
     if dist.is_main:
@@ -238,7 +332,7 @@ def main(argv=None):
         print(f"done: {step} steps in {elapsed:.0f}s ({tokens_seen / elapsed:,.0f} tokens/s), best val loss "
               f"{best_val:.4f}; checkpoints in {out_dir}/")
         if train_cfg.sample_tokens:
-            print_sample(raw_model, tokenizer, train_cfg.sample_tokens, device, ctx)
+            print_sample(raw_model, tokenizer, train_cfg.sample_tokens, device, ctx, first_id=int(tokens.train[0]))
     if logger:
         logger.finish()
     dist.stop()
@@ -286,9 +380,21 @@ def make_progress_bar(start: int, total: int, enabled: bool):
                 mininterval=0.5 if interactive else 30.0)
 
 
-def print_sample(model, tokenizer: Tokenizer, num_tokens: int, device, ctx):
-    """A few hundred tokens from the trained model, started from a newline (or end-of-text) token."""
-    start = tokenizer.eot_id if tokenizer.eot_id is not None else tokenizer.encode("\n")[0]
+def sample_start(tokenizer: Tokenizer, first_id: int) -> int:
+    """The token a sample starts from: end-of-text, else a newline, else (a corpus without one) `first_id`."""
+    if tokenizer.eot_id is not None:
+        return tokenizer.eot_id
+    try:
+        newline = tokenizer.encode("\n")
+    except TokenizerError:  # a char tokenizer of a corpus with no newline
+        newline = []
+    return newline[0] if newline else first_id
+
+
+def print_sample(model, tokenizer: Tokenizer, num_tokens: int, device, ctx, first_id: int = 0):
+    """A few hundred tokens from the trained model, started from an end-of-text or newline token (or `first_id`, the
+    corpus's first token, when the vocabulary has neither)."""
+    start = sample_start(tokenizer, first_id)
     model.eval()
     torch.manual_seed(0)
     threads = torch.get_num_threads()

@@ -122,7 +122,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(3)}})
     monkeypatch.undo()
-    state = checkpoint.load_checkpoint(path)
+    state = checkpoint.load_checkpoint(path, required=("step", "model"))
     assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["model_checkpoint.tar"]  # no temporary file left behind
 
@@ -164,7 +164,7 @@ def test_bad_resume_never_overwrites(capsys, corpus, tmp_path):
     assert garbage.read_bytes() == b"this is not a checkpoint"
     torch.save({"format": "something-else"}, garbage)
     assert "not a scratchgpt-lm checkpoint" in cli_error(capsys, [corpus, f"--out_dir={out}", "--resume"])
-    train(corpus, out, "--max_iters=5", "--eval_interval=5")
+    train(corpus, out, "--max_iters=5", "--eval_interval=5", "--overwrite")  # over the foreign file
     before = garbage.read_bytes()
     assert "differs from the checkpoint" in cli_error(capsys, [corpus, f"--out_dir={out}", "--resume",
                                                                "--embedding_dim=64"])
