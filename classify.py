@@ -35,13 +35,15 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 import classifier_report as report
-from checkpoint import autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype, save_checkpoint
-from config import ModelConfig, UserError, arg, load_config, run_main
+from checkpoint import (autocast, check_writable_dir, load_checkpoint, load_weights, model_config_from,
+                        model_from_checkpoint, resolve_device, resolve_dtype, save_checkpoint)
+from config import UserError, arg, check_numbers, load_config, run_main
 from gpt import GPT
 from playground import make_progress_bar
 from tokenizer import Tokenizer, TokenizerError
 
 FORMAT = "scratchgpt-classifier"
+REQUIRED = ("model", "model_config", "tokenizer", "classes", "pooling")  # what predict reads from classifier.tar
 WARMUP_FRACTION = 0.1  # of all steps: linear warmup, then linear decay to 0 (GPT-1 section 4.1 fine-tuning)
 
 
@@ -107,6 +109,7 @@ class TrainClassifierConfig:
     wandb_project: str = arg("scratchgpt-classify", "Weights & Biases project name")
 
     def __post_init__(self):
+        check_numbers(self)
         for name in ("passages_per_play", "epochs", "batch_size", "learning_rate", "body_learning_rate"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -142,7 +145,7 @@ def load_language_model(path: str, device) -> tuple[GPT, Tokenizer]:
         raise UserError(f"no language-model checkpoint at {path}; train one first with `python playground.py` "
                         f"(or pass --checkpoint)")
     check_tokenizer_matches(state, path)
-    return model_from_checkpoint(state, device)
+    return model_from_checkpoint(state, device, source=path)
 
 
 def check_tokenizer_matches(state: dict, path: str):
@@ -158,12 +161,14 @@ def load_classifier(path: str, device) -> tuple[GPTClassifier, Tokenizer, dict]:
         raise UserError(f"no classifier at {path}; fine-tune one with `python classify.py train` (or pass "
                         f"--checkpoint)")
     try:
-        state = load_checkpoint(path, expected_format=FORMAT)
+        state = load_checkpoint(path, expected_format=FORMAT, required=REQUIRED)
     except UserError as e:
         raise UserError(f"{e}; predict needs a classifier written by `python classify.py train`") from None
     check_tokenizer_matches(state, path)
-    model = GPTClassifier(GPT(ModelConfig(**state["model_config"])), len(state["classes"]), state["pooling"])
-    model.load_state_dict(state["model"])
+    if state["pooling"] not in ("last", "mean") or not isinstance(state["classes"], list):
+        raise UserError(f"{path}: its pooling or classes are not ones this code writes; use another classifier")
+    model = GPTClassifier(GPT(model_config_from(state, path)), len(state["classes"]), state["pooling"])
+    load_weights(model, state["model"], path)
     tokenizer = Tokenizer.from_json(state["tokenizer"], source=f"{path}'s tokenizer")
     return model.to(device).eval(), tokenizer, state
 
@@ -213,6 +218,7 @@ def evaluate(model, sequences, labels, batch_size: int, ctx, device):
 def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
     """Fine-tune, report, write out_dir/classifier.tar; returns the summary (best epoch's metrics, history)."""
     say = (lambda *a: None) if quiet else print
+    check_writable_dir(cfg.out_dir)  # now, not after the training that would be lost
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     ctx = autocast(device, dtype)

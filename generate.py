@@ -24,10 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve_device
-from config import UserError, arg, load_config, run_main
+from checkpoint import check_fits, load_checkpoint, model_from_checkpoint, resolve_device
+from config import UserError, arg, check_numbers, load_config, run_main
 from sampling import stream
 from tokenizer import Tokenizer, TokenizerError
+
+
+BYTES_PER_TOKEN = 64  # what run_sample keeps per new token, at least: a Python int in a list, its probability, text
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class GenerateConfig:
                           "of small operations that a second thread slows down (10-100x on a busy 2-core machine)")
 
     def __post_init__(self):
+        check_numbers(self)
         if self.threads < 0:
             raise UserError(f"threads={self.threads} must not be negative (0 = torch's default)")
         for name in ("num_samples", "max_new_tokens", "top_k"):
@@ -214,9 +218,12 @@ def main(argv=None):
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # A sample is kept whole until printed: each token as an id, its text and, if asked for, its probabilities.
+    check_fits(cfg.max_new_tokens * (BYTES_PER_TOKEN + 16 * cfg.top_alternatives), f"--max_new_tokens="
+               f"{cfg.max_new_tokens}", "ask for fewer tokens, or several samples with --num_samples")
     path = find_checkpoint(cfg)
     state = load_checkpoint(path)
-    model, tokenizer = model_from_checkpoint(state, device)
+    model, tokenizer = model_from_checkpoint(state, device, source=path)
     prompt = read_prompt(cfg.prompt)
     prompt_ids, stand_in = encode_prompt(prompt, tokenizer)
     block_size = model.config.block_size

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+PREALLOCATE = 1 << 16  # new-token columns stream() allocates at most; past them it keeps only the model's window
+
 
 def check_settings(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None):
     """Raise ValueError for settings that would sample nonsense (generate.py checks them as one-line errors)."""
@@ -152,8 +154,12 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
     model.eval()
     try:
         with torch.inference_mode():  # entered per step, never across a yield: the caller's code runs normally
-            tokens = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)  # (B, T + N)
+            # The loop reads only the window the model sees, so the buffer need not hold all N new tokens: it holds at
+            # most T + PREALLOCATE, and when full keeps only the window (`offset`: position of its first column).
+            capacity = T + min(max_new_tokens, max(PREALLOCATE, block_size))
+            tokens = torch.empty(B, capacity, dtype=torch.long, device=idx.device)  # (B, capacity)
             tokens[:, :T] = idx
+            offset = 0
             # Under autocast the projections make bfloat16 keys and values: keep them in that dtype, like the queries.
             device_type = idx.device.type
             dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
@@ -168,18 +174,23 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
                         for cache in caches:  # every cached key sits at an old position: start again
                             cache.reset()
                         cached = start
+                if length - offset == capacity:  # the buffer is full: move the window to its front
+                    window = tokens[:, start - offset:length - offset].clone()  # (B, length - start)
+                    tokens[:, :window.size(1)] = window
+                    offset = start
                 if kv_cache and length - cached == 1:  # the usual step: one new token
-                    logits = decode_step(model, tokens[:, cached:length], caches)  # (B, V)
+                    logits = decode_step(model, tokens[:, cached - offset:length - offset], caches)  # (B, V)
                     cached = length
                 elif kv_cache:  # the prompt, or a new prefix: encode all of it through the model's own forward
-                    hidden = model.hidden_states(tokens[:, cached:length], kv_caches=caches)  # (B, new, C)
+                    hidden = model.hidden_states(tokens[:, cached - offset:length - offset],
+                                                 kv_caches=caches)  # (B, new, C)
                     logits = model.lm_head(hidden[:, -1])  # (B, V), only the last position needs the head
                     cached = length
                 else:
-                    logits = model(tokens[:, start:length])[0][:, -1]  # (B, V), the whole window every time
+                    logits = model(tokens[:, start - offset:length - offset])[0][:, -1]  # (B, V), the whole window
                 logits = logits.float()  # (B, V); under autocast the head gives bfloat16
                 next_id = choose(logits, temperature, top_k, top_p, greedy, generator)  # (B, 1)
-                tokens[:, length] = next_id[:, 0]
+                tokens[:, length - offset] = next_id[:, 0]
                 step = Step(ids=next_id[:, 0])  # (B,)
                 if with_probs or K:
                     model_probs = torch.softmax(logits, dim=-1)  # (B, V), temperature 1, unfiltered
