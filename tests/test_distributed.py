@@ -66,3 +66,15 @@ def test_a_two_process_run_resumed_by_one_process(corpus, tmp_path):
     assert a["step"] == 24
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_missing_corpus_gives_every_process_the_same_line(tmp_path):
+    """Checked before the process group forms: each rank says the same thing, none dies inside gloo."""
+    missing = tmp_path / "missing.txt"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "playground.py", str(missing), f"--out_dir={tmp_path / 'out'}", *FLAGS], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [f"error: corpus file not found: {missing}"] * 2, result.stderr[-3000:]
+    assert "gloo" not in result.stderr.lower() and "ProcessGroup" not in result.stderr
