@@ -16,15 +16,13 @@ exactly and to generate without side files:
 
 Writes go to a temporary file that is renamed into place, so a crash mid-write leaves the previous file intact; a
 Ctrl-C during a write waits for it to finish, and a full disk is one line with the previous file untouched.
-This file also says where the model runs (device, dtype, whether it fits in memory) and checks, before any work, that
-an output folder can be written: every script needs the same rules for those.
-Read next: playground.py.
+This file also says where the model runs (device, dtype) since every script needs the same rules for that.
+Read next: preflight.py, then playground.py.
 """
 import contextlib
 import os
 import re
 import signal
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -86,21 +84,6 @@ def save_checkpoint(path, state: dict, format: str = FORMAT):
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-def check_writable_dir(folder, setting: str = "--out_dir", fix: str = "choose another --out_dir"):
-    """Fail now, not at the first checkpoint after hours of training, when `folder` cannot take new files: create it
-    (and its parents) and a probe file in it. Works for root too, whom permission bits do not stop."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{setting} {folder} is a file, not a folder; {fix}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to {setting} {folder}: {e.strerror or e}; {fix}") from None
 
 
 REQUIRED = ("model", "model_config", "tokenizer")  # what every language-model use (sampling, fine-tuning) reads
@@ -221,30 +204,3 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def available_memory() -> int | None:
-    """Bytes this process could still get: MemAvailable + SwapFree (Linux), under a cgroup v2 limit if one is set;
-    the physical memory elsewhere; None when nothing says."""
-    found = []
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        found.append((int(meminfo["MemAvailable"].split()[0]) + int(meminfo.get("SwapFree", "0 kB").split()[0])) * 1024)
-    except (OSError, KeyError, ValueError):
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    return min(found) if found else None
-
-
-def check_fits(needed_bytes: float, what: str, fix: str):
-    """A one-line error, before any work, when `what` needs more memory than the machine has left.
-
-    `needed_bytes` should be a lower bound (an estimate that errs low), so that a run that could fit is never refused."""
-    available = available_memory()
-    if available is not None and needed_bytes > available:
-        raise UserError(f"{what} needs at least {needed_bytes / 2**30:,.1f} GiB of memory, but this machine has "
-                        f"{available / 2**30:,.1f} GiB available; {fix}")

@@ -35,11 +35,12 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 import classifier_report as report
-from checkpoint import (autocast, check_writable_dir, load_checkpoint, load_weights, model_config_from,
-                        model_from_checkpoint, resolve_device, resolve_dtype, save_checkpoint)
+from checkpoint import (autocast, load_checkpoint, load_weights, model_config_from, model_from_checkpoint,
+                        resolve_device, resolve_dtype, save_checkpoint)
 from config import UserError, arg, check_numbers, load_config, run_main
 from gpt import GPT
 from playground import make_progress_bar
+from preflight import check_writable_dir
 from tokenizer import Tokenizer, TokenizerError
 
 FORMAT = "scratchgpt-classifier"

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 import data
-from checkpoint import (autocast, check_fits, check_writable_dir, load_checkpoint, load_weights, model_config_from,
-                        resolve_device, resolve_dtype, save_checkpoint)
+from checkpoint import (autocast, load_checkpoint, load_weights, model_config_from, resolve_device, resolve_dtype,
+                        save_checkpoint)
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from distributed import Distributed
 from gpt import GPT
+from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_dir
 from tokenizer import KINDS, Tokenizer, TokenizerError, load_tokenizer, read_corpus, train_tokenizer
 
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
@@ -40,8 +41,6 @@ RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "chec
              "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume", "overwrite"}
 # What resuming reads from model_checkpoint.tar.
 RESUME_KEYS = ("model", "model_config", "tokenizer", "optimizer", "train_config", "step", "best_val_loss", "rng")
-CHECKPOINTS = ("model_checkpoint.tar", "best_checkpoint.tar")  # what a run writes in out_dir
-SAMPLE_BYTES_PER_TOKEN = 256  # what the end-of-run sample holds per token (a Step, its tensor, the text): at least
 
 
 class TrainingDiverged(UserError):
@@ -128,42 +127,6 @@ def estimate_loss(model, tokens: data.TokenData, cfg: TrainConfig, block_size: i
         losses[split] = total / cfg.eval_iters
     model.train()
     return losses
-
-
-def check_out_dir(cfg: TrainConfig):
-    """A fresh run never replaces an earlier run's checkpoints unless told to; out_dir and the cache must be writable.
-
-    Checked before any work, by every process under torchrun, so that each fails with the same line."""
-    existing = [name for name in CHECKPOINTS if os.path.exists(os.path.join(cfg.out_dir, name))]
-    if cfg.resume and cfg.overwrite:
-        raise UserError("--resume continues the run in out_dir and --overwrite deletes it; give one of them")
-    if existing and not cfg.resume and not cfg.overwrite:
-        raise UserError(f"{cfg.out_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
-                        f"start over with --overwrite (deletes them), or choose another --out_dir")
-    check_writable_dir(cfg.out_dir)
-    check_writable_dir(data.cache_dir(), "the cache folder", "set SCRATCHGPT_CACHE to a folder you can write to")
-
-
-def check_corpus_exists(path: str | None):
-    """The corpus's missing-file errors before anything else (read_corpus says the same later); the file is not read
-    here, so that a pipe (`<(cat file)`) is read only once."""
-    if path and not os.path.exists(path):
-        raise TokenizerError(f"corpus file not found: {path}")
-    if path and os.path.isdir(path):
-        raise TokenizerError(f"corpus path is a directory, not a text file: {path}")
-
-
-def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int):
-    """Refuse a model, batch or sample this machine cannot hold, before any work, with a lower bound of its needs:
-    16 bytes per parameter (float32 weights, gradients and AdamW's two moments) plus float32 activations kept for the
-    backward pass (per block at least ten (B, T, C) tensors, and the (B, T, V) logits and their gradient)."""
-    B, T, C, L = train_cfg.batch_size, model_cfg.block_size, model_cfg.embedding_dim, model_cfg.num_of_layers
-    params = vocab_size * C + T * C + L * 12 * C * C  # embeddings; per block qkv 3C^2, proj C^2, MLP 8C^2
-    activations = 4 * B * T * (10 * L * C + 2 * vocab_size)
-    check_fits(16 * params + activations, f"training {params:,} parameters on batches of {B} x {T} tokens",
-               "use a smaller --embedding_dim, --num_of_layers, --block_size or --batch_size")
-    check_fits(SAMPLE_BYTES_PER_TOKEN * train_cfg.sample_tokens, f"--sample_tokens={train_cfg.sample_tokens}",
-               "ask for fewer, e.g. --sample_tokens=300 (generate.py --stream prints a long sample as it goes)")
 
 
 def count_distinct(ids: np.ndarray) -> int:

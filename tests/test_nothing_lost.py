@@ -22,6 +22,7 @@ import checkpoint
 import classify
 import generate
 import playground
+import preflight
 import sampling
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from tokenizer import TokenizerError
@@ -167,7 +168,7 @@ def test_an_unusable_out_dir_or_cache_is_found_before_any_work(capsys, corpus, t
     err = fails(capsys, playground.main, [corpus, f"--out_dir={tmp_path / 'out'}", *TINY, "--max_iters=5"])
     assert "the cache folder" in err and "SCRATCHGPT_CACHE" in err
     assert a_file.read_text() == "not a folder" and not (tmp_path / "cache").exists()  # nothing was tokenized
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
+    monkeypatch.setattr(preflight.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
         OSError(errno.EROFS, "Read-only file system")))  # a read-only mount
     err = fails(capsys, classify.main, ["train", "--out_dir", str(tmp_path / "ro"), "--checkpoint", "none.tar"])
     assert "cannot write to --out_dir" in err and "Read-only file system" in err
