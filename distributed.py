@@ -89,12 +89,29 @@ class Distributed:
 
     @contextlib.contextmanager
     def rank_zero_first(self):
-        """Rank 0 runs the block first (building caches); the others wait, then run it and find the caches."""
+        """Rank 0 runs the block first (building caches); the others wait, then run it and find the caches.
+
+        If rank 0 fails (a corpus too short, a bad tokenizer), the others raise the same one-line error instead of
+        waiting for it forever: rank 0 sends its outcome, None or the message, where a bare barrier would be."""
         if self.enabled and not self.is_main:
-            dist.barrier()
-        yield
+            failure = self._from_rank_zero(None)
+            if failure is not None:
+                raise UserError(failure)
+        try:
+            yield
+        except Exception as e:
+            if self.enabled and self.is_main:
+                self._from_rank_zero(str(e) if isinstance(e, UserError) or type(e).__name__ == "TokenizerError"
+                                     else f"rank 0 failed with {type(e).__name__}; see its traceback")
+            raise
         if self.enabled and self.is_main:
-            dist.barrier()
+            self._from_rank_zero(None)
+
+    def _from_rank_zero(self, value):
+        """Rank 0's `value` on every process (a collective call: every process must make it)."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def stop(self):
         if self.enabled:

@@ -219,12 +219,13 @@ def main(argv=None):
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # A sample is kept whole until printed: each token as an id, its text and, if asked for, its probabilities.
-    check_fits(cfg.max_new_tokens * (BYTES_PER_TOKEN + 16 * cfg.top_alternatives), f"--max_new_tokens="
-               f"{cfg.max_new_tokens}", "ask for fewer tokens, or several samples with --num_samples")
     path = find_checkpoint(cfg)
     state = load_checkpoint(path)
     model, tokenizer = model_from_checkpoint(state, device, source=path)
+    # A sample is kept whole until printed: each token as an id, its text and, if asked for, its probabilities.
+    K = min(cfg.top_alternatives, model.config.vocab_size)
+    check_fits(cfg.max_new_tokens * (BYTES_PER_TOKEN + 16 * K), f"--max_new_tokens={cfg.max_new_tokens}",
+               "ask for fewer tokens, or several samples with --num_samples")
     prompt = read_prompt(cfg.prompt)
     prompt_ids, stand_in = encode_prompt(prompt, tokenizer)
     block_size = model.config.block_size

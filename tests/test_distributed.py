@@ -68,13 +68,17 @@ def test_a_two_process_run_resumed_by_one_process(corpus, tmp_path):
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
 
 
-def test_a_missing_corpus_gives_every_process_the_same_line(tmp_path):
-    """Checked before the process group forms: each rank says the same thing, none dies inside gloo."""
-    missing = tmp_path / "missing.txt"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "playground.py", str(missing), f"--out_dir={tmp_path / 'out'}", *FLAGS], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert lines == [f"error: corpus file not found: {missing}"] * 2, result.stderr[-3000:]
-    assert "gloo" not in result.stderr.lower() and "ProcessGroup" not in result.stderr
+def test_a_bad_corpus_gives_every_process_the_same_line(tmp_path):
+    """A missing corpus is refused before the process group forms; one too short, found by rank 0 while it builds
+    the caches, is sent to the others. Each rank says the same thing, none dies inside gloo."""
+    missing, short = tmp_path / "missing.txt", tmp_path / "short.txt"
+    short.write_text("too short for a block\n")
+    for corpus, message in ((missing, f"corpus file not found: {missing}"), (short, "fewer than block_size + 1")):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "playground.py", str(corpus), f"--out_dir={tmp_path / 'out'}", *FLAGS], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "SCRATCHGPT_CACHE": str(tmp_path / "c")})
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 2 and lines[0] == lines[1] and message in lines[0], result.stderr[-3000:]
+        assert "gloo" not in result.stderr.lower() and "ProcessGroup" not in result.stderr
