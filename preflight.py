@@ -62,14 +62,17 @@ def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
 
 
 def check_writable_dir(folder, setting: str = "--out_dir", fix: str = "choose another --out_dir"):
-    """Fail now, not at the first checkpoint after hours of training, when `folder` cannot take new files: create it
-    (and its parents) and a probe file in it. Works for root too, whom permission bits do not stop."""
+    """Fail now, not at the first checkpoint after hours of training, when `folder` cannot take new files: a probe file
+    is created (and removed) in it or, if it does not exist yet, in its nearest existing parent, which must be a
+    folder. Nothing is left behind. Works for root too, whom permission bits do not stop."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if existing == folder and not folder.is_dir():
         raise UserError(f"{setting} {folder} is a file, not a folder; {fix}")
+    if not existing.is_dir():
+        raise UserError(f"{setting} {folder} cannot be made: its parent {existing} is a file; {fix}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

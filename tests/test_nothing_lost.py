@@ -159,7 +159,7 @@ def test_nan_loss_after_resume_keeps_the_checkpoint(capsys, corpus, finished_run
 def test_an_unusable_out_dir_or_cache_is_found_before_any_work(capsys, corpus, tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    cases = [(a_file, "is a file, not a folder"), (a_file / "out", "cannot write to --out_dir"),
+    cases = [(a_file, "is a file, not a folder"), (a_file / "out", "its parent"),
              ("/proc/scratchgpt-out", "cannot write to --out_dir")]
     for out, message in cases:
         err = fails(capsys, playground.main, [corpus, f"--out_dir={out}", *TINY, "--max_iters=5"])
