@@ -70,8 +70,9 @@ def read_examples(path: str, text_column: str, label_column: str) -> tuple[list[
         text, label = row.get(text_column), row.get(label_column)
         for name, value in ((text_column, text), (label_column, label)):
             if isinstance(value, (list, dict)):  # JSONL only: str() would make a class named "[1, 2]"
-                raise UserError(f"{path} line {line}: {name} is a JSON {'list' if isinstance(value, list) else 'object'}"
-                                f" ({json.dumps(value)[:40]}); {name}s must be strings or numbers")
+                kind = "list" if isinstance(value, list) else "object"
+                raise UserError(f"{path} line {line}: {name} is a JSON {kind} ({json.dumps(value)[:40]}); "
+                                f"{name}s must be strings or numbers")
         text = "" if text is None else str(text)
         label = "" if label is None else str(label).strip()
         if not text.strip() or not label:
