@@ -12,6 +12,8 @@ classic one of GPT-1/2/3 and nanoGPT:
 
 `--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
 same weights. Under torchrun, each process takes its share of the micro-batches (distributed.py).
+Nothing is lost: a fresh run refuses an out_dir that holds checkpoints (--overwrite to start over), what can be
+refused is refused before any work (preflight.py), and a nan/inf loss or weight stops the run before it is saved.
 Read next: generate.py, which samples from the checkpoints written here.
 """
 import contextlib
@@ -148,15 +150,14 @@ def main(argv=None):
     (model_cfg, train_cfg), explicit = load_config(sys.argv[1:] if argv is None else argv, (ModelConfig, TrainConfig),
                                                    __doc__.splitlines()[0], positional="corpus")
     # ---- everything that can be refused is refused here, before the processes of a torchrun job meet
-    out_dir, flags = train_cfg.out_dir, train_cfg
-    resume_state = None
-    if train_cfg.resume and not train_cfg.overwrite:
+    out_dir, resume_state = train_cfg.out_dir, None
+    check_out_dir(train_cfg)
+    if train_cfg.resume:
         resume_state = load_checkpoint(os.path.join(out_dir, "model_checkpoint.tar"), required=RESUME_KEYS)
         model_cfg, train_cfg = merge_resumed_config(resume_state, train_cfg, explicit, model_cfg)
     else:
         train_cfg = resolve_schedule(train_cfg)
     check_corpus_exists(train_cfg.corpus)
-    check_out_dir(flags)
     check_memory(model_cfg, train_cfg, model_cfg.vocab_size or 1)
     dist = Distributed.start()
     device = dist.device if dist.enabled else resolve_device(train_cfg.device)
