@@ -16,7 +16,6 @@ exactly and to generate without side files:
 
 Writes go to a temporary file that is renamed into place, so a crash mid-write leaves the previous file intact; a
 Ctrl-C during a write waits for it to finish, and a full disk is one line with the previous file untouched.
-This file also says where the model runs (device, dtype) since every script needs the same rules for that.
 Read next: preflight.py, then playground.py.
 """
 import contextlib
@@ -156,51 +155,3 @@ def model_from_checkpoint(state: dict, device="cpu", backend: str | None = None,
     load_weights(model, state["model"], source)
     tokenizer = Tokenizer.from_json(state["tokenizer"], source=f"{source}'s tokenizer")
     return model.to(device).eval(), tokenizer
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Where the model runs
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device must exist here."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name!r} is not a torch device; use auto, cpu, cuda, cuda:1 or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} asked for, but this machine has no CUDA GPU; use --device=cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device={name} asked for, but MPS is not available; use --device=cpu")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays."""
-    try:
-        return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX") or \
-            "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 where the hardware does it fast (recent GPUs, CPUs with AVX-512 BF16), else float32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision: matmuls in bfloat16, weights and reductions kept in float32 (no loss scaling needed)."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)

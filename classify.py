@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 import classifier_report as report
-from checkpoint import (autocast, load_checkpoint, load_weights, model_config_from, model_from_checkpoint,
-                        resolve_device, resolve_dtype, save_checkpoint)
+from checkpoint import load_checkpoint, load_weights, model_config_from, model_from_checkpoint, save_checkpoint
 from config import UserError, arg, check_numbers, load_config, run_main
+from device import autocast, resolve_device, resolve_dtype
 from gpt import GPT
 from playground import make_progress_bar
 from preflight import check_writable_dir
@@ -221,9 +221,9 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
     say = (lambda *a: None) if quiet else print
     check_writable_dir(cfg.out_dir)  # now, not after the training that would be lost
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    ctx = autocast(device, dtype)
     gpt, tokenizer = load_language_model(cfg.checkpoint, device)
+    dtype = resolve_dtype(cfg.dtype, device, gpt.config, cfg.batch_size)
+    ctx = autocast(device, dtype)
     block_size = gpt.config.block_size
 
     # ---- data: examples -> split -> class ids -> token ids

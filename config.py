@@ -101,8 +101,8 @@ class TrainConfig:
     overwrite: bool = arg(False, "start a new run in an out_dir that holds an earlier run's checkpoints, deleting "
                                  "them (without it, such a run is refused)")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
-    dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto picks bfloat16 where the "
-                             "hardware is fast at it",
+    dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto times both on this machine "
+                             "(once, cached) and picks the faster",
                      choices=("auto", "float32", "bfloat16"))
     compile: bool = arg(False, "torch.compile the model (falls back to eager with a warning if it fails)")
     seed: int = arg(1337, "random seed for initialisation and batch sampling")

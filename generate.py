@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve_device
+from checkpoint import load_checkpoint, model_from_checkpoint
 from config import UserError, arg, check_numbers, load_config, run_main
+from device import resolve_device
 from preflight import check_fits
 from sampling import stream
 from tokenizer import Tokenizer, TokenizerError

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 import data
-from checkpoint import (autocast, load_checkpoint, load_weights, model_config_from, resolve_device, resolve_dtype,
-                        save_checkpoint)
+from checkpoint import load_checkpoint, load_weights, model_config_from, save_checkpoint
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
+from device import autocast, choose_precision, describe, resolve_device
 from distributed import Distributed
 from gpt import GPT
 from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_dir
@@ -161,8 +161,6 @@ def main(argv=None):
     check_memory(model_cfg, train_cfg, model_cfg.vocab_size or 1)
     dist = Distributed.start()
     device = dist.device if dist.enabled else resolve_device(train_cfg.device)
-    dtype = resolve_dtype(train_cfg.dtype, device)
-    ctx = autocast(device, dtype)
 
     # ---- data and tokenizer (rank 0 prepares the caches, the others then read them)
     corpus = train_cfg.corpus or data.builtin_corpus_path()
@@ -185,6 +183,8 @@ def main(argv=None):
                         f"{'characters' if tokenizer.kind == 'char' else 'tokens'}")
     check_memory(model_cfg, train_cfg, tokenizer.vocab_size)
     micro_steps = dist.my_micro_steps(train_cfg.gradient_accumulation_steps)
+    dtype, precision_note = choose_precision(train_cfg.dtype, device, model_cfg, train_cfg.batch_size)
+    ctx = autocast(device, dtype)
 
     # ---- model and optimizer
     torch.manual_seed(train_cfg.seed)
@@ -211,7 +211,8 @@ def main(argv=None):
 
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
     if dist.is_main:
-        print_summary(raw_model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device, dtype)
+        print_summary(raw_model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device,
+                      precision_note if train_cfg.dtype == "auto" else describe(dtype))
     logger = WandbLogger(train_cfg, model_cfg) if train_cfg.wandb and dist.is_main else None
 
     saved_step = step if resume_state else None  # model_checkpoint.tar on disk holds this step
@@ -302,7 +303,7 @@ def main(argv=None):
     dist.stop()
 
 
-def print_summary(model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device, dtype):
+def print_summary(model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device, precision):
     """What is about to happen: the model's size, the data, tokens per step, the schedule, device and precision."""
     print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(False):,} without embeddings), "
           f"{model_cfg.num_of_layers} layers x {model_cfg.embedding_dim} wide, {model_cfg.num_of_heads} heads, "
@@ -317,11 +318,10 @@ def print_summary(model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, 
     if dist.enabled:
         scope = "global "
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
-    precision = str(dtype).replace("torch.", "") + (" autocast" if dtype != torch.float32 else "")
     print(f"training: {tokens_per_step:,} {scope}tokens per step{accumulation}, steps {step} -> "
           f"{train_cfg.max_iters}, lr {train_cfg.learning_rate:g} (warmup {train_cfg.warmup_iters}, cosine to "
-          f"{train_cfg.min_lr:g} at {train_cfg.lr_decay_iters or train_cfg.max_iters}), device {device}, "
-          f"dtype {precision}")
+          f"{train_cfg.min_lr:g} at {train_cfg.lr_decay_iters or train_cfg.max_iters}), device {device}")
+    print(f"precision: {precision}")
 
 
 def maybe_compile(model, compile_requested: bool):
