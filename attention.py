@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from flash_attention import flash_attention  # noqa: F401 (attention.flash_attention: backend="flash")
+
 # Causal attention is computed BLOCK_ROWS queries at a time: a block needs the keys up to its last query only, so most
 # of the masked upper triangle is never computed (with 4 blocks, 3/8 of all scores are skipped) and each block's
 # scores are smaller, so they stay in cache longer. 64 measured best with bench/attention.py at T = 128 to 1024, against
@@ -246,7 +248,9 @@ class MultiHeadAttention(nn.Module):
     """Multi-head self-attention (Vaswani et al. section 3.2.2) with the output projection and residual dropout.
 
     causal=True gives GPT's masked attention (a token sees only itself and the past); causal=False gives BERT's
-    bidirectional attention. backend="manual" runs the hand-written function above, "sdpa" torch's fused kernel.
+    bidirectional attention. backend="manual" runs the hand-written function above, "sdpa" torch's fused kernel,
+    "flash" flash_attention.py's O(T)-memory FlashAttention; with a KV cache, a single query or dropout in training,
+    "flash" does what "manual" does (a cache step is small; flash_attention has no dropout).
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -254,8 +258,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if embedding_dim % num_heads:
             raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_heads={num_heads}")
-        if backend not in ("manual", "sdpa"):
-            raise ValueError(f"backend={backend!r}; use 'manual' or 'sdpa'")
+        if backend not in ("manual", "sdpa", "flash"):
+            raise ValueError(f"backend={backend!r}; use 'manual', 'sdpa' or 'flash'")
         self.num_heads, self.causal, self.backend, self.dropout = num_heads, causal, backend, dropout
         # One matrix makes q, k and v together: a single (C -> 3C) matmul is faster than three (C -> C) ones.
         self.qkv = nn.Linear(embedding_dim, 3 * embedding_dim, bias=bias)
@@ -291,7 +295,11 @@ class MultiHeadAttention(nn.Module):
             mask = keys_ok if mask is None else mask & keys_ok  # (B, 1, T, S)
 
         dropout_p = self.dropout if self.training else 0.0
-        attend = scaled_dot_product_attention if self.backend == "manual" else F.scaled_dot_product_attention
-        y = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)  # (B, H, T, D)
+        if self.backend == "flash" and kv_cache is None and T > 1 and dropout_p == 0.0:
+            keys_ok = None if padding_mask is None else padding_mask.view(B, 1, 1, S)  # (B, 1, 1, S), a key mask
+            y = flash_attention(q, k, v, attn_mask=keys_ok, is_causal=self.causal)  # (B, H, T, D), causal AND keys_ok
+        else:
+            attend = F.scaled_dot_product_attention if self.backend == "sdpa" else scaled_dot_product_attention
+            y = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C), heads side by side again
         return self.resid_dropout(self.proj(y))  # (B, T, C)

@@ -63,8 +63,9 @@ class ModelConfig:
     num_of_heads: int = arg(4, "attention heads per block; must divide embedding_dim")
     dropout: float = arg(0.0, "dropout probability in [0, 1) on attention weights and residual branches")
     bias: bool = arg(True, "use biases in Linear layers and LayerNorms, as GPT-2 does")
-    attention_backend: str = arg("manual", "hand-written attention.py, or torch's fused scaled_dot_product_attention",
-                                 choices=("manual", "sdpa"))
+    attention_backend: str = arg("manual", "hand-written attention.py, torch's fused scaled_dot_product_attention, "
+                                           "or flash_attention.py (O(T) memory for long contexts)",
+                                 choices=("manual", "sdpa", "flash"))
 
     def __post_init__(self):
         check_numbers(self)

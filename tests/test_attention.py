@@ -296,7 +296,7 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="not divisible"):
         MultiHeadAttention(10, 3)
     with pytest.raises(ValueError, match="backend"):
-        MultiHeadAttention(12, 3, backend="flash")
+        MultiHeadAttention(12, 3, backend="fused")
 
 
 def test_is_causal_with_a_mask_combines_both_like_torch():

@@ -1,0 +1,177 @@
+"""FlashAttention by hand: exact attention in O(T) memory (Dao et al. 2022; FlashAttention-2, Dao 2023, algorithm 2).
+
+attention.py's fast path keeps every probability matrix P = softmax(scale q k^T) for its backward: L x S numbers per
+head, so memory grows as T^2 and context length, not compute, is what stops a long run on a laptop. Two ideas remove
+that, and both fit in this file:
+
+1. The online softmax. Stream over blocks of keys and keep, for every query row, the running max m of its scores,
+   the running sum l = sum exp(s - m) and the output accumulator acc = sum exp(s - m) v. When a block of scores s'
+   arrives (three lines, FlashAttention-2 section 3.1.1):
+       m'   = max(m, rowmax(s'))                          the new max; exp(m - m') <= 1 rescales the old terms
+       l'   = exp(m - m') l   + rowsum(exp(s' - m'))      every term of the sum is now relative to m'
+       acc' = exp(m - m') acc + exp(s' - m') V'           and so is every term of the weighted sum
+   After the last block O = acc / l is exactly softmax(s) V, and L = m + log l = log sum exp(s) is the row's
+   log-sum-exp: one number per query.
+2. Recomputation. The backward rebuilds each block's probabilities from the saved L, P = exp(s - L), instead of
+   reading them from memory, and accumulates dQ, dK, dV block by block; the softmax's backward needs
+   rowsum(dP * P) = rowsum(dO * O) (section 3.1 / appendix B.2 of the 2022 paper), one number per query again.
+Nothing of size L x S is ever held: only blocks of block_q x block_k scores, so memory is O(T) and the extra compute
+is one more q k^T product in the backward.
+
+Precision: half and bfloat16 inputs (autocast) are upcast to float32, and the whole computation, statistics and
+accumulators included, runs in float32 with autocast off; the output is cast back to the input's dtype.
+Dropout is not implemented (it would need each block's random mask regenerated in the backward):
+MultiHeadAttention routes training with dropout > 0 to the manual path, which keeps O(T^2) memory.
+
+Shape letters as in attention.py: N batch dims flattened (B * H), L query length, S key length, E query/key size,
+Ev value size; bq and bk are the lengths of one block of queries and one block of keys.
+tests/test_flash_attention.py proves this equal to torch's scaled_dot_product_attention, values and gradients.
+Read next: gpt.py (attention.py's MultiHeadAttention calls this with attention_backend="flash").
+"""
+import math
+from functools import lru_cache
+
+import torch
+from torch.autograd.function import once_differentiable
+
+# CPU defaults, measured with `python bench/attention.py --blocks` on 2 cores of an AMD EPYC (AVX2), fwd + bwd at
+# T = 1024 and 4096: see the README. Larger key blocks make fewer, larger matmuls; the scores of one block
+# (N x BLOCK_Q x BLOCK_K floats) should still fit in the cache.
+BLOCK_Q = 128
+BLOCK_K = 512
+
+
+def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, block_q=BLOCK_Q, block_k=BLOCK_K):
+    """softmax(q k^T * scale + mask) v, in blocks, matching torch.nn.functional.scaled_dot_product_attention.
+
+    q: (..., L, E), k: (..., S, E), v: (..., S, Ev) -> (..., L, Ev), with the same leading dimensions.
+    attn_mask: None or a key mask, broadcastable to (..., 1, S): boolean (True = may attend, e.g. not padding) or
+        float (added to every query's scores). A mask per query would be L x S numbers, which this function exists
+        to avoid; use attention.scaled_dot_product_attention for those.
+    is_causal: query i attends to keys 0..i (aligned top-left like torch's); ANDed with attn_mask when both are given.
+    scale: defaults to 1/sqrt(E), the 1/sqrt(d_k) of Vaswani et al. eq. 1.
+    A query whose keys are all masked gets an output of zeros and zero gradients, as in attention.py, not NaN.
+    """
+    *batch, L, E = q.shape
+    S, Ev = k.size(-2), v.size(-1)
+    if k.shape[:-2] != q.shape[:-2] or v.shape[:-2] != q.shape[:-2]:
+        raise ValueError(f"flash_attention needs q, k, v with the same leading dimensions, got {q.shape[:-2]}, "
+                         f"{k.shape[:-2]}, {v.shape[:-2]}")
+    scale = 1.0 / math.sqrt(E) if scale is None else scale  # the paper's 1/sqrt(d_k) (eq. 1)
+    dtype = q.dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # float32 accumulators
+    bias = None
+    if attn_mask is not None:
+        attn_mask = torch.atleast_2d(attn_mask)  # (..., 1, S or 1)
+        if attn_mask.requires_grad:
+            raise ValueError("flash_attention gives no gradient to attn_mask; use attention.attention_reference")
+        if attn_mask.size(-2) != 1:
+            raise ValueError(f"flash_attention takes a key mask of shape (..., 1, S), got {tuple(attn_mask.shape)}")
+        if attn_mask.dtype == torch.bool:
+            bias = torch.zeros(attn_mask.shape, dtype=compute, device=q.device)  # (..., 1, S)
+            bias.masked_fill_(~attn_mask, float("-inf"))  # -inf, never a finite stand-in: exp(-inf) = 0
+        else:
+            bias = attn_mask.to(compute)  # (..., 1, S)
+        bias = bias.expand(*batch, 1, S).reshape(-1, 1, S)  # (N, 1, S)
+    q = q.to(compute).reshape(-1, L, E)  # (N, L, E), a view when q is contiguous already
+    k = k.to(compute).reshape(-1, S, E)  # (N, S, E)
+    v = v.to(compute).reshape(-1, S, Ev)  # (N, S, Ev)
+    out = _FlashAttention.apply(q, k, v, bias, is_causal, scale, block_q, block_k)  # (N, L, Ev)
+    return out.view(*batch, L, Ev).to(dtype)  # (..., L, Ev)
+
+
+@lru_cache(maxsize=64)
+def _causal_block_bias(rows: int, cols: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 where the block's query i may see its key j, -inf where not: key j0 + j is after query a + i, offset = a - j0.
+
+    _causal_block_bias(2, 3, 0, ...) -> [[0, -inf, -inf], [0, 0, -inf]]
+    """
+    future = torch.ones(rows, cols, dtype=torch.bool, device=device).triu(offset + 1)  # (bq, bk), j > i + offset
+    return torch.zeros(rows, cols, dtype=dtype, device=device).masked_fill_(future, float("-inf"))  # (bq, bk)
+
+
+def _scores(q, k, bias, causal, scale, a, j0):
+    """One block's scores: scale q k^T (eq. 1), plus the key mask, plus the causal mask on a diagonal block."""
+    s = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)  # (N, bq, bk)
+    bq, bk = s.shape[1:]
+    if bias is not None:
+        s.add_(bias[:, :, j0:j0 + bk])  # (N, bq, bk), broadcast over the queries
+    if causal and j0 + bk - 1 > a:  # some key of the block is after some query of it
+        s.add_(_causal_block_bias(bq, bk, a - j0, s.dtype, s.device))  # (N, bq, bk)
+    return s
+
+
+def _key_end(causal, b, S):
+    """How many keys a block of queries ending before b sees: causal, none after query b - 1."""
+    return min(b, S) if causal else S
+
+
+class _FlashAttention(torch.autograd.Function):
+    """The blockwise forward (online softmax) and backward (recomputation) of FlashAttention-2, algorithm 2.
+
+    Inputs are flattened to (N, ., .) and contiguous; bias is None or an (N, 1, S) additive key mask.
+    Saved for the backward: q, k, v, O and L (N, L, 1); nothing of size L x S.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, causal, scale, block_q, block_k):
+        N, L, _ = q.shape
+        S, Ev = k.size(1), v.size(2)
+        out = q.new_empty(N, L, Ev)  # (N, L, Ev)
+        lse = q.new_empty(N, L, 1)  # (N, L, 1), L = m + log l for every query
+        with torch.autocast(q.device.type, enabled=False):
+            for a in range(0, L, block_q):
+                b = min(a + block_q, L)
+                q_blk = q[:, a:b]  # (N, bq, E)
+                m = q.new_full((N, b - a, 1), float("-inf"))  # (N, bq, 1), running max of the scores
+                l = q.new_zeros(N, b - a, 1)  # (N, bq, 1), running sum of exp(s - m)
+                acc = q.new_zeros(N, b - a, Ev)  # (N, bq, Ev), running sum of exp(s - m) v
+                for j0 in range(0, _key_end(causal, b, S), block_k):  # causal: blocks above the diagonal skipped
+                    j1 = min(j0 + block_k, _key_end(causal, b, S))
+                    s = _scores(q_blk, k[:, j0:j1], bias, causal, scale, a, j0)  # (N, bq, bk)
+                    m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (N, bq, 1), m' = max(m, rowmax(s'))
+                    if bias is not None:  # a row with every key so far masked has m' = -inf: use 0 so exp gives 0
+                        m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)  # (N, bq, 1), not NaN
+                    p = s.sub_(m_new).exp_()  # (N, bq, bk), exp(s' - m'), in place
+                    rescale = torch.exp(m - m_new)  # (N, bq, 1), exp(m - m')
+                    l.mul_(rescale).add_(p.sum(dim=-1, keepdim=True))  # l' = exp(m - m') l + rowsum(exp(s' - m'))
+                    acc.mul_(rescale).baddbmm_(p, v[:, j0:j1])  # acc' = exp(m - m') acc + exp(s' - m') V'
+                    m = m_new
+                if bias is not None:  # rows with no key at all: l = 0, acc = 0; output 0, and L = +inf makes P = 0
+                    empty = l == 0  # (N, bq, 1)
+                    l.masked_fill_(empty, 1.0)
+                    m = m.masked_fill(empty, float("inf"))  # (N, bq, 1)
+                out[:, a:b] = acc / l  # (N, bq, Ev), O = acc / l = softmax(s) V
+                lse[:, a:b] = m + torch.log(l)  # (N, bq, 1), L = m + log l
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.bias, ctx.causal, ctx.scale, ctx.blocks = bias, causal, scale, (block_q, block_k)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        bias, causal, scale, (block_q, block_k) = ctx.bias, ctx.causal, ctx.scale, ctx.blocks
+        L, S = q.size(1), k.size(1)
+        dout = dout.contiguous()  # (N, L, Ev)
+        with torch.autocast(q.device.type, enabled=False):
+            delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
+            dq = torch.zeros_like(q)  # (N, L, E)
+            dk = torch.empty_like(k)  # (N, S, E)
+            dv = torch.empty_like(v)  # (N, S, Ev)
+            for j0 in range(0, S, block_k):  # outer loop over key blocks: dK_j, dV_j stay local (algorithm 2)
+                j1 = min(j0 + block_k, S)
+                k_blk, v_blk = k[:, j0:j1], v[:, j0:j1]  # (N, bk, E), (N, bk, Ev)
+                dk_blk, dv_blk = torch.zeros_like(k_blk), torch.zeros_like(v_blk)  # (N, bk, E), (N, bk, Ev)
+                first = (j0 // block_q) * block_q if causal else 0  # causal: query blocks before key j0 see none of it
+                for a in range(first, L, block_q):
+                    b = min(a + block_q, L)
+                    s = _scores(q[:, a:b], k_blk, bias, causal, scale, a, j0)  # (N, bq, bk)
+                    p = s.sub_(lse[:, a:b]).exp_()  # (N, bq, bk), P = exp(s - L), recomputed in place
+                    dv_blk.baddbmm_(p.transpose(1, 2), dout[:, a:b])  # (N, bk, Ev), dV += P^T dO
+                    dp = torch.bmm(dout[:, a:b], v_blk.transpose(1, 2))  # (N, bq, bk), dP = dO V^T
+                    ds = dp.sub_(delta[:, a:b]).mul_(p)  # (N, bq, bk), dS = P * (dP - rowsum(dO * O)), in place
+                    dq[:, a:b].baddbmm_(ds, k_blk, alpha=scale)  # (N, bq, E), dQ += scale dS K
+                    dk_blk.baddbmm_(ds.transpose(1, 2), q[:, a:b], alpha=scale)  # (N, bk, E), dK += scale dS^T Q
+                dk[:, j0:j1], dv[:, j0:j1] = dk_blk, dv_blk
+        return dq, dk, dv, None, None, None, None, None
