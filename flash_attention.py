@@ -101,6 +101,15 @@ def _scores(q, k, bias, causal, scale, a, j0):
     return s
 
 
+def _add_product(acc, x, y, alpha=1.0):
+    """acc += alpha x @ y, in place. baddbmm_ into a tensor that is not contiguous (a slice of the keys of a block)
+    runs one matrix at a time; there a fresh product and an add are faster."""
+    if acc.is_contiguous():
+        acc.baddbmm_(x, y, alpha=alpha)  # (N, n, m)
+    else:
+        acc.add_(torch.bmm(x, y), alpha=alpha)  # (N, n, m)
+
+
 def _key_end(causal, b, S):
     """How many keys a block of queries ending before b sees: causal, none after query b - 1."""
     return min(b, S) if causal else S
@@ -156,22 +165,27 @@ class _FlashAttention(torch.autograd.Function):
         dout = dout.contiguous()  # (N, L, Ev)
         with torch.autocast(q.device.type, enabled=False):
             delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
-            dq = torch.zeros_like(q)  # (N, L, E)
+            # dQ of each query block gets a contiguous accumulator of its own (an in-place baddbmm_ into a slice of
+            # one (N, L, E) tensor would go one matrix at a time), and one cat at the end.
+            dqs = [torch.zeros_like(q[:, a:a + block_q]) for a in range(0, L, block_q)]  # (N, bq, E) each
             dk = torch.empty_like(k)  # (N, S, E)
             dv = torch.empty_like(v)  # (N, S, Ev)
             for j0 in range(0, S, block_k):  # outer loop over key blocks: dK_j, dV_j stay local (algorithm 2)
                 j1 = min(j0 + block_k, S)
                 k_blk, v_blk = k[:, j0:j1], v[:, j0:j1]  # (N, bk, E), (N, bk, Ev)
                 dk_blk, dv_blk = torch.zeros_like(k_blk), torch.zeros_like(v_blk)  # (N, bk, E), (N, bk, Ev)
-                first = (j0 // block_q) * block_q if causal else 0  # causal: query blocks before key j0 see none of it
-                for a in range(first, L, block_q):
-                    b = min(a + block_q, L)
-                    s = _scores(q[:, a:b], k_blk, bias, causal, scale, a, j0)  # (N, bq, bk)
-                    p = s.sub_(lse[:, a:b]).exp_()  # (N, bq, bk), P = exp(s - L), recomputed in place
-                    dv_blk.baddbmm_(p.transpose(1, 2), dout[:, a:b])  # (N, bk, Ev), dV += P^T dO
-                    dp = torch.bmm(dout[:, a:b], v_blk.transpose(1, 2))  # (N, bq, bk), dP = dO V^T
-                    ds = dp.sub_(delta[:, a:b]).mul_(p)  # (N, bq, bk), dS = P * (dP - rowsum(dO * O)), in place
-                    dq[:, a:b].baddbmm_(ds, k_blk, alpha=scale)  # (N, bq, E), dQ += scale dS K
-                    dk_blk.baddbmm_(ds.transpose(1, 2), q[:, a:b], alpha=scale)  # (N, bk, E), dK += scale dS^T Q
+                first = j0 // block_q if causal else 0  # causal: query blocks that end before key j0 see none of it
+                for i in range(first, len(dqs)):
+                    a, b = i * block_q, min((i + 1) * block_q, L)
+                    n = min(j1, b) - j0 if causal else j1 - j0  # causal: keys from b on are after every query
+                    k_n, v_n = k_blk[:, :n], v_blk[:, :n]  # (N, n, E), (N, n, Ev)
+                    s = _scores(q[:, a:b], k_n, bias, causal, scale, a, j0)  # (N, bq, n)
+                    p = s.sub_(lse[:, a:b]).exp_()  # (N, bq, n), P = exp(s - L), recomputed in place
+                    _add_product(dv_blk[:, :n], p.transpose(1, 2), dout[:, a:b])  # (N, n, Ev), dV += P^T dO
+                    dp = torch.bmm(dout[:, a:b], v_n.transpose(1, 2))  # (N, bq, n), dP = dO V^T
+                    ds = dp.sub_(delta[:, a:b]).mul_(p)  # (N, bq, n), dS = P * (dP - rowsum(dO * O)), in place
+                    dqs[i].baddbmm_(ds, k_n, alpha=scale)  # (N, bq, E), dQ += scale dS K
+                    _add_product(dk_blk[:, :n], ds.transpose(1, 2), q[:, a:b], scale)  # (N, n, E), dK += scale dS^T Q
                 dk[:, j0:j1], dv[:, j0:j1] = dk_blk, dv_blk
+            dq = torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]  # (N, L, E)
         return dq, dk, dv, None, None, None, None, None
