@@ -34,11 +34,12 @@ from functools import lru_cache
 import torch
 from torch.autograd.function import once_differentiable
 
-# CPU defaults, measured with `python bench/attention.py --blocks` on 2 cores of an AMD EPYC (AVX2), fwd + bwd at
-# T = 1024 and 4096: see the README. Larger key blocks make fewer, larger matmuls; the scores of one block
-# (N x BLOCK_Q x BLOCK_K floats) should still fit in the cache.
+# CPU defaults, measured with `python bench/attention.py --blocks` and by hand on 2 cores of an AMD EPYC (AVX2, no
+# AVX-512; 1 thread, the machine shared): at T = 1024 and 4096, 128 x 256 was among the fastest each time (64 x 256 and
+# 256 x 256 within the noise at one length, slower at the other; 128 x 512 close). Smaller blocks make more, smaller
+# matmuls and more Python per key; larger ones waste more of the causal diagonal block.
 BLOCK_Q = 128
-BLOCK_K = 512
+BLOCK_K = 256
 
 
 def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, block_q=BLOCK_Q, block_k=BLOCK_K):
