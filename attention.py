@@ -16,7 +16,8 @@ Shape letters used in the comments:
     B batch, H heads, L query length, S key length, E query/key size, Ev value size, N batch dims flattened (B * H),
     T time (tokens in the input), C channels (embedding_dim), D head size (C // H).
 
-Read next: gpt.py, which stacks this into a GPT.
+Read next: flash_attention.py, the same attention in O(T) memory (FlashAttention-2); then gpt.py, which stacks this
+into a GPT.
 """
 import math
 from functools import lru_cache
