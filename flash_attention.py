@@ -112,7 +112,7 @@ def _add_product(acc, x, y, alpha=1.0):
 
 
 def _key_end(causal, b, S):
-    """How many keys a block of queries ending before b sees: causal, none after query b - 1."""
+    """A block of queries a..b-1 sees keys 0..end-1: all of them, or with the causal mask none after query b - 1."""
     return min(b, S) if causal else S
 
 
@@ -168,13 +168,14 @@ class _FlashAttention(torch.autograd.Function):
             delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
             # dQ of each query block gets a contiguous accumulator of its own (an in-place baddbmm_ into a slice of
             # one (N, L, E) tensor would go one matrix at a time), and one cat at the end.
-            dqs = [torch.zeros_like(q[:, a:a + block_q]) for a in range(0, L, block_q)]  # (N, bq, E) each
+            N, E = q.size(0), q.size(2)
+            dqs = [q.new_zeros(N, min(block_q, L - a), E) for a in range(0, L, block_q)]  # (N, bq, E) each
             dk = torch.empty_like(k)  # (N, S, E)
             dv = torch.empty_like(v)  # (N, S, Ev)
             for j0 in range(0, S, block_k):  # outer loop over key blocks: dK_j, dV_j stay local (algorithm 2)
                 j1 = min(j0 + block_k, S)
                 k_blk, v_blk = k[:, j0:j1], v[:, j0:j1]  # (N, bk, E), (N, bk, Ev)
-                dk_blk, dv_blk = torch.zeros_like(k_blk), torch.zeros_like(v_blk)  # (N, bk, E), (N, bk, Ev)
+                dk_blk, dv_blk = k.new_zeros(k_blk.shape), v.new_zeros(v_blk.shape)  # (N, bk, E), (N, bk, Ev)
                 first = j0 // block_q if causal else 0  # causal: query blocks that end before key j0 see none of it
                 for i in range(first, len(dqs)):
                     a, b = i * block_q, min((i + 1) * block_q, L)
