@@ -186,8 +186,8 @@ def main() -> int:
             r = bench_long(T, max(2, args.repeats // (1 if T < 4096 else 3)))
             (sdpa, sdpa_best), mem = r["sdpa"], {name: r["memory"][name] / 2 ** 20 for name in BACKENDS}
             print(f"{str(r['shape']):>20} | {sdpa * 1e3:8.0f} {r['flash'][0] / sdpa:5.2f}x "
-                  f"{r['flash'][1] / sdpa_best:5.2f}x {r['manual'][0] / sdpa:6.2f}x {r['manual'][1] / sdpa_best:5.2f}x | "
-                  f"{mem['sdpa']:9.1f} "
+                  f"{r['flash'][1] / sdpa_best:5.2f}x {r['manual'][0] / sdpa:6.2f}x "
+                  f"{r['manual'][1] / sdpa_best:5.2f}x | {mem['sdpa']:9.1f} "
                   f"{mem['flash']:7.1f} {mem['manual']:7.1f} | {mem['flash'] / mem['manual']:.3f}", flush=True)
 
     if args.blocks:
