@@ -80,9 +80,12 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """How playground.py trains: data, optimisation, schedule, evaluation, checkpoints, logging."""
-    corpus: str | None = arg(None, "text file to train on (UTF-8); the built-in Shakespeare corpus when not given")
+    corpus: str | None = arg(None, "UTF-8 text file, directory of *.txt files, or .jsonl file to train on; the "
+                                   "built-in Shakespeare corpus when not given")
+    text_field: str = arg("text", "the field holding each document's text in a .jsonl corpus")
     tokenizer: str = arg("char", "'char', a tokenizer.json path, or 'bpe:N' / 'bbpe:N' to train one on the corpus")
-    val_fraction: float = arg(0.1, "fraction of the token stream held out for validation (taken from its end)")
+    val_fraction: float = arg(0.1, "fraction of the token stream held out for validation: its end, or the "
+                                           "last whole documents of a directory or JSONL corpus")
     batch_size: int = arg(32, "sequences per micro-batch")
     gradient_accumulation_steps: int = arg(1, "micro-batches summed into one optimizer step (1 = off)")
     max_iters: int = arg(3000, "optimizer steps to train for")

@@ -18,7 +18,6 @@
 Read next: playground.py.
 """
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -28,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import corpus as corpus_module
+import token_cache
 from config import UserError
-from tokenizer import read_corpus
-from tokenizer.base import smallest_id_dtype
+from corpus import Corpus
+from token_cache import DOCUMENT_SEPARATOR_CHARS
+from tokenizer import KINDS, Tokenizer, load_tokenizer, train_tokenizer_on_documents
 
 CONVERTER_VERSION = 2  # bump when the Markdown conversion changes, so cached text is rebuilt
 
@@ -97,6 +99,37 @@ def builtin_corpus_path() -> str:
 # 2. Token ids, cached
 
 
+def open_corpus(path: str | None, text_field: str = "text") -> Corpus:
+    """A text file, a directory of *.txt files or a .jsonl file (corpus.py); the built-in corpus when None."""
+    return corpus_module.open_corpus(path or builtin_corpus_path(), text_field, spool_dir=str(cache_dir()))
+
+
+def resolve_tokenizer(spec: str, corpus: Corpus | str) -> Tokenizer:
+    """'char', 'bpe:N', 'bbpe:N' (trained on the corpus now) or the path of a tokenizer.json."""
+    corpus = open_corpus(corpus) if isinstance(corpus, str) else corpus
+    kind, _, size = spec.partition(":")
+    if kind == "char" and not size:
+        extra = DOCUMENT_SEPARATOR_CHARS if corpus.multi_document else ""
+        return train_tokenizer_on_documents("char", corpus.documents(), extra_chars=extra)
+    if kind in KINDS and size:
+        if not size.isdigit():
+            raise UserError(f"--tokenizer={spec} the vocabulary size after ':' must be a number, e.g. {kind}:4096")
+        # Trained once per (corpus, spec) and cached: reruns, and the other processes under torchrun, load it.
+        fingerprint = corpus.fingerprint()
+        fingerprint.update(spec.encode())
+        cached = cache_dir() / f"tokenizer-{kind}-{size}-{fingerprint.hexdigest()[:16]}.json"
+        if cached.exists():
+            return load_tokenizer(str(cached))
+        print(f"training a {kind} tokenizer with {size} tokens on {corpus.path} ...")
+        tokenizer = train_tokenizer_on_documents(kind, corpus.documents(), int(size))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(cached))
+        return tokenizer
+    if os.path.exists(spec):
+        return load_tokenizer(spec)
+    raise UserError(f"--tokenizer={spec} is neither char, bpe:N, bbpe:N nor an existing tokenizer.json file")
+
+
 @dataclass
 class TokenData:
     """The corpus as token ids, split into train and val, plus the figures needed to report bits per character."""
@@ -105,24 +138,27 @@ class TokenData:
     chars_per_token: float  # over the whole corpus; 1.0 for the char tokenizer
 
 
-def load_tokens(corpus_path: str, tokenizer, val_fraction: float, block_size: int, quiet: bool = False) -> TokenData:
-    """Encode the corpus with `tokenizer` (or reuse the cached ids) and split it into train and val."""
-    text = read_corpus(corpus_path)  # a missing, empty or non-UTF-8 file is a TokenizerError saying so
-    key = hashlib.sha256(text.encode("utf-8") + tokenizer.to_json().encode()).hexdigest()[:16]
-    ids_path, meta_path = cache_dir() / f"tokens-{key}.bin", cache_dir() / f"tokens-{key}.json"
-    if not (ids_path.exists() and meta_path.exists()):
-        if not quiet:
-            print(f"tokenizing {corpus_path} ({len(text):,} characters) with the {tokenizer.kind} tokenizer ...")
-        ids = np.asarray(tokenizer.encode_corpus(text))
-        dtype = smallest_id_dtype(tokenizer.vocab_size)
-        meta = {"dtype": np.dtype(dtype).name, "num_tokens": int(ids.size), "num_chars": len(text)}
-        atomic_write_bytes(ids_path, ids.astype(dtype).tobytes())
-        atomic_write_bytes(meta_path, json.dumps(meta).encode())
-    meta = json.loads(meta_path.read_text())
-    ids = np.memmap(ids_path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
+def load_tokens(corpus: Corpus | str, tokenizer, val_fraction: float, block_size: int, quiet: bool = False,
+                ) -> TokenData:
+    """The corpus's ids (encoded now unless cached: token_cache.py), memory-mapped and split into train and val.
+
+    One document (a text file): the last val_fraction of the ids validate, as always. Several documents: the split
+    falls on the document boundary nearest to that point, so validation is whole documents never trained on."""
+    corpus = open_corpus(corpus) if isinstance(corpus, str) else corpus
+    cache = token_cache.TokenCache(corpus, tokenizer, cache_dir())
+    meta = cache.read_meta()
+    if meta is None:
+        cache.build(quiet=quiet)
+        meta = cache.read_meta()
+    ids = np.memmap(cache.ids_path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
 
     n_val = int(len(ids) * val_fraction)
-    train, val = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+    cut = len(ids) - n_val
+    if meta["documents"] > 1:
+        ends = np.memmap(cache.docs_path, dtype=np.uint64, mode="r", shape=(meta["documents"],))[:-1]  # inner ones
+        i = int(np.searchsorted(ends, cut))
+        cut = int(min(ends[max(i - 1, 0):i + 1], key=lambda end: abs(int(end) - cut)))
+    train, val = ids[:cut], ids[cut:]
     for name, part in (("training", train), ("validation", val)):
         if len(part) < block_size + 1:
             raise UserError(f"the corpus gives {len(part)} {name} tokens, fewer than block_size + 1 = "

@@ -18,7 +18,6 @@ Read next: generate.py, which samples from the checkpoints written here.
 """
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ from device import autocast, choose_precision, describe, resolve_device
 from distributed import Distributed
 from gpt import GPT
 from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_dir
-from tokenizer import KINDS, Tokenizer, TokenizerError, load_tokenizer, read_corpus, train_tokenizer
+from tokenizer import Tokenizer, TokenizerError
 
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
@@ -72,29 +71,6 @@ def resolve_schedule(cfg: TrainConfig) -> TrainConfig:
     warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(2000, cfg.max_iters // 20)
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
     return dataclasses.replace(cfg, warmup_iters=warmup, min_lr=min_lr)
-
-
-def resolve_tokenizer(spec: str, corpus_path: str) -> Tokenizer:
-    """'char', 'bpe:N', 'bbpe:N' (trained on the corpus now) or the path of a tokenizer.json."""
-    kind, _, size = spec.partition(":")
-    if kind == "char" and not size:
-        return train_tokenizer("char", corpus_path)
-    if kind in KINDS and size:
-        if not size.isdigit():
-            raise UserError(f"--tokenizer={spec}: the vocabulary size after ':' must be a number, e.g. {kind}:4096")
-        # Trained once per (corpus, spec) and cached: reruns, and the other processes under torchrun, load it.
-        key = hashlib.sha256((read_corpus(corpus_path) + spec).encode()).hexdigest()[:16]
-        cached = data.cache_dir() / f"tokenizer-{kind}-{size}-{key}.json"
-        if cached.exists():
-            return load_tokenizer(str(cached))
-        print(f"training a {kind} tokenizer with {size} tokens on {corpus_path} ...")
-        tokenizer = train_tokenizer(kind, corpus_path, int(size))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(cached))
-        return tokenizer
-    if os.path.exists(spec):
-        return load_tokenizer(spec)
-    raise UserError(f"--tokenizer={spec} is neither char, bpe:N, bbpe:N nor an existing tokenizer.json file")
 
 
 def merge_resumed_config(saved: dict, flags: TrainConfig, explicit: set, model_flags: ModelConfig):
@@ -163,12 +139,12 @@ def main(argv=None):
     device = dist.device if dist.enabled else resolve_device(train_cfg.device)
 
     # ---- data and tokenizer (rank 0 prepares the caches, the others then read them)
-    corpus = train_cfg.corpus or data.builtin_corpus_path()
+    corpus = data.open_corpus(train_cfg.corpus, train_cfg.text_field)  # a pipe is read once, into a temporary file
     with dist.rank_zero_first():
         if resume_state:
             tokenizer = Tokenizer.from_json(resume_state["tokenizer"], source="the checkpoint's tokenizer")
         else:
-            tokenizer = resolve_tokenizer(train_cfg.tokenizer, corpus)
+            tokenizer = data.resolve_tokenizer(train_cfg.tokenizer, corpus)
         tokens = data.load_tokens(corpus, tokenizer, train_cfg.val_fraction, model_cfg.block_size,
                                   quiet=not dist.is_main)
     if model_cfg.vocab_size is None:
@@ -211,7 +187,7 @@ def main(argv=None):
 
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
     if dist.is_main:
-        print_summary(raw_model, model_cfg, train_cfg, tokenizer, tokens, corpus, step, dist, device,
+        print_summary(raw_model, model_cfg, train_cfg, tokenizer, tokens, corpus.path, step, dist, device,
                       precision_note if train_cfg.dtype == "auto" else describe(dtype))
     logger = WandbLogger(train_cfg, model_cfg) if train_cfg.wandb and dist.is_main else None
 

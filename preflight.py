@@ -40,12 +40,10 @@ def check_out_dir(cfg: TrainConfig):
 
 
 def check_corpus_exists(path: str | None):
-    """The corpus's missing-file errors before anything else (read_corpus says the same later); the file is not read
-    here, so that a pipe (`<(cat file)`) is read only once."""
+    """The corpus's missing-file error before anything else (corpus.py says the same later); the file is not read
+    here, so that a pipe (`<(cat file)`) is read only once. A directory is a corpus too (its *.txt files)."""
     if path and not os.path.exists(path):
         raise TokenizerError(f"corpus file not found: {path}")
-    if path and os.path.isdir(path):
-        raise TokenizerError(f"corpus path is a directory, not a text file: {path}")
 
 
 def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import checkpoint
+import data
 import playground
 from config import TrainConfig, run_main
 from tokenizer import TokenizerError
@@ -205,7 +206,7 @@ def test_wandb_is_not_imported_unless_asked(corpus, tmp_path):
 
 
 def test_a_trained_tokenizer_is_cached_per_corpus_and_spec(corpus, tmp_path, capsys):
-    first = playground.resolve_tokenizer("bpe:40", corpus)
+    first = data.resolve_tokenizer("bpe:40", corpus)
     assert "training a bpe tokenizer" in capsys.readouterr().out
-    second = playground.resolve_tokenizer("bpe:40", corpus)
+    second = data.resolve_tokenizer("bpe:40", corpus)
     assert "training" not in capsys.readouterr().out and second.to_json() == first.to_json()

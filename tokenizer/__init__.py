@@ -17,6 +17,8 @@ README.md says where each of Hugging Face's training rules lives in this code.
     >>> tok.save("tokenizer.json"); load_tokenizer("tokenizer.json").encode("Hello") == tok.encode("Hello")
     True
 """
+from collections import Counter
+
 from .base import EOT, Tokenizer, TokenizerError, load_tokenizer, read_corpus
 from .bbpe import ALPHABET, ByteLevelBPETokenizer
 from .bpe import BPETokenizer
@@ -35,12 +37,26 @@ def train_tokenizer(kind: str, corpus_path: str, vocab_size: int | None = None, 
     hf_reference.py. If the corpus runs out of pairs first, the vocabulary is smaller than `vocab_size`."""
     if kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
-    text = read_corpus(corpus_path)
+    return train_tokenizer_on_documents(kind, [read_corpus(corpus_path)], vocab_size, progress)
+
+
+def train_tokenizer_on_documents(kind: str, documents, vocab_size: int | None = None, progress: bool = True,
+                                 extra_chars: str = "") -> Tokenizer:
+    """The same, on an iterable of documents (corpus.py), one held in memory at a time: the words of each are
+    counted as Hugging Face counts those of each file it trains on. `extra_chars` joins a char vocabulary (the
+    newlines data.py puts between documents)."""
+    if kind not in KINDS:
+        raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "char":
-        return CharTokenizer.train(text)
+        chars = set(extra_chars)
+        for text in documents:
+            chars.update(text)
+        return CharTokenizer({c: i for i, c in enumerate(sorted(chars))})  # = CharTokenizer.train(all the text)
     if vocab_size is None or vocab_size < 1:
         raise TokenizerError(f"a {kind} tokenizer needs a positive vocab_size, got {vocab_size}")
-    word_counts = count_words(text, kind)
+    word_counts = Counter()
+    for text in documents:
+        word_counts.update(count_words(text, kind))
     alphabet = ALPHABET if kind == "bbpe" else ()
     vocab, merges = train_fast(word_counts, vocab_size, SPECIAL_TOKENS[kind], alphabet, progress=progress)
     cls = ByteLevelBPETokenizer if kind == "bbpe" else BPETokenizer
@@ -48,4 +64,4 @@ def train_tokenizer(kind: str, corpus_path: str, vocab_size: int | None = None, 
 
 
 __all__ = ["EOT", "KINDS", "Tokenizer", "TokenizerError", "CharTokenizer", "BPETokenizer", "ByteLevelBPETokenizer",
-           "train_tokenizer", "load_tokenizer", "read_corpus"]
+           "train_tokenizer", "train_tokenizer_on_documents", "load_tokenizer", "read_corpus"]

@@ -106,6 +106,9 @@ class Tokenizer:
     """
 
     kind = "base"
+    # Where a long text may be cut into pieces encoded separately with the same ids: a place no pre-tokenized word
+    # spans (corpus.py, data.py). None: anywhere (the char tokenizer has no words).
+    boundary = None
     _kinds: dict[str, type[Tokenizer]] = {}
 
     def __init_subclass__(cls, **kwargs):

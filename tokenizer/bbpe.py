@@ -44,11 +44,14 @@ class ByteLevelBPETokenizer(Tokenizer):
                 ids.extend(self._encode_words(map(to_byte_chars, split_gpt2(segment)), self._char_ids))
         return ids
 
+    # Cut just before a newline, or a space starting a word, that follows a non-space: no GPT-2 word spans that cut
+    # (a word holds a space only at its start, or in a run of whitespace), and no lookahead of GPT-2's pattern can
+    # see across it (cutting after the newline would let "  \n" at a chunk's end become one word). `regex`, not
+    # `re`, so that \S and \p{L} mean what they mean in GPT-2's pattern.
+    boundary = regex.compile(r"(?<=\S)\n|(?<=\S) (?=\p{L})")
+
     def encode_corpus(self, text: str, progress: bool = True) -> np.ndarray:
-        # Cut just before a newline that follows a non-space: no GPT-2 word spans that cut, and no lookahead of
-        # GPT-2's pattern can see across it (cutting after the newline would let "  \n" at a chunk's end become one
-        # word). `regex`, not `re`, so that \S means what it means in GPT-2's pattern.
-        return self._encode_corpus_with_hf(text, regex.compile(r"(?<=\S)\n"), progress)
+        return self._encode_corpus_with_hf(text, self.boundary, progress)
 
     @cached_property
     def _bytes(self) -> list[bytes]:

@@ -43,9 +43,10 @@ class BPETokenizer(Tokenizer):
                        self._encode_words(split_metaspace(segment), self._char_ids))
         return ids
 
+    boundary = re.compile("[ ▁]")  # Metaspace words start at each space (or literal '▁'): cut just before one
+
     def encode_corpus(self, text: str, progress: bool = True) -> np.ndarray:
-        # Metaspace words start at each space (or literal '▁'): cutting just before one never splits a word.
-        return self._encode_corpus_with_hf(text, re.compile("[ ▁]"), progress)
+        return self._encode_corpus_with_hf(text, self.boundary, progress)
 
     def decode(self, ids) -> str:
         self._check_ids(ids)
