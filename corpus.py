@@ -4,8 +4,8 @@
     corpus_dir/       every *.txt file under it, in sorted order of path, each file one document
     corpus.jsonl      one JSON object per line, the document being its "text" field (--text_field picks another)
 
-Nothing here holds a whole corpus in memory. `pieces` reads the files in 1 MB blocks and hands out text of about a
-million characters at a time, each piece cut where the tokenizer's `boundary` matches: a place no pre-tokenized word
+Nothing here holds a whole corpus in memory. `pieces` reads the files in 1 MB blocks and hands out text of about
+256k characters at a time, each piece cut where the tokenizer's `boundary` matches: a place no pre-tokenized word
 spans, so encoding the pieces one by one gives exactly the ids of encoding the whole document at once
 (data.py then encodes the pieces on every core). A corpus that can be read only once (a pipe, as in
 `playground.py <(zcat corpus.txt.gz)`) is first copied to a temporary file as it is read, so every later reader
@@ -13,7 +13,7 @@ spans, so encoding the pieces one by one gives exactly the ids of encoding the w
 
     >>> corpus = open_corpus("corpus_dir")
     >>> corpus.kind, len(corpus.files), corpus.num_bytes     # ('directory', 38, 5012345)
-    >>> next(corpus.pieces(boundary=None))                   # ('...first million characters...', False)
+    >>> next(corpus.pieces(boundary=None))                   # ('...the first 256k characters...', False)
 
 Read next: data.py, which encodes these pieces into the token cache.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from tokenizer import TokenizerError
 
 BLOCK_BYTES = 1 << 20  # what one read() takes from a file
-PIECE_CHARS = 1 << 20  # about what one worker encodes at a time
+PIECE_CHARS = 1 << 18  # about what one worker encodes at a time
 
 
 class Corpus:
@@ -73,9 +73,10 @@ class Corpus:
         for blocks in self._documents_as_blocks():
             yield "".join(blocks)
 
-    def pieces(self, boundary, size: int = PIECE_CHARS):
+    def pieces(self, boundary, size: int | None = None):
         """(text, ends_document) pairs of about `size` characters; a piece ends where `boundary` (a compiled pattern,
         or None for anywhere) matches at or after `size` characters, so no pre-tokenized word is cut in two."""
+        size = size or PIECE_CHARS
         for blocks in self._documents_as_blocks():
             buffer = ""
             for block in blocks:

@@ -60,7 +60,8 @@ class FastEncoder:
 
     def __call__(self, text: str) -> np.ndarray:
         if self.tiktoken is not None:
-            return np.array(self.tiktoken.encode_ordinary(text), dtype=self.dtype)  # special tokens stay text
+            # Straight into a numpy buffer (no Python list of ints); '<|endoftext|>' in the text stays text.
+            return self.tiktoken.encode_to_numpy(text, disallowed_special=()).astype(self.dtype)
         if self.hf is None:
             return self.tokenizer.encode_corpus(text, progress=False)  # char.py's vectorised lookup
         return np.array(self.hf.encode(text, add_special_tokens=False).ids, dtype=self.dtype)
