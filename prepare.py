@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import data
 import token_cache
-from config import TrainConfig, arg, load_config, run_main
+from config import TrainConfig, UserError, arg, load_config, run_main
 from tokenizer import TokenizerError
 
 
@@ -27,6 +27,10 @@ class PrepareConfig:
     text_field: str = arg(TrainConfig.text_field, "the field holding each document's text in a .jsonl corpus")
     tokenizer: str = arg(TrainConfig.tokenizer, "'char', a tokenizer.json path, or 'bpe:N' / 'bbpe:N' to train one")
     workers: int | None = arg(None, "processes that encode; every core when not given")
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"workers={self.workers} must be at least 1")
 
 
 def main(argv=None):
