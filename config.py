@@ -85,7 +85,7 @@ class TrainConfig:
     text_field: str = arg("text", "the field holding each document's text in a .jsonl corpus")
     tokenizer: str = arg("char", "'char', a tokenizer.json path, or 'bpe:N' / 'bbpe:N' to train one on the corpus")
     val_fraction: float = arg(0.1, "fraction of the token stream held out for validation: its end, or the "
-                                           "last whole documents of a directory or JSONL corpus")
+                                   "last whole documents of a directory or JSONL corpus")
     batch_size: int = arg(32, "sequences per micro-batch")
     gradient_accumulation_steps: int = arg(1, "micro-batches summed into one optimizer step (1 = off)")
     max_iters: int = arg(3000, "optimizer steps to train for")

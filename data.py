@@ -116,7 +116,7 @@ def resolve_tokenizer(spec: str, corpus: Corpus | str) -> Tokenizer:
         return train_tokenizer_on_documents("char", corpus.documents(), extra_chars=extra)
     if kind in KINDS and size:
         if not size.isdigit():
-            raise UserError(f"--tokenizer={spec} the vocabulary size after ':' must be a number, e.g. {kind}:4096")
+            raise UserError(f"--tokenizer={spec}: the vocabulary size after ':' must be a number, e.g. {kind}:4096")
         # Trained once per (corpus, spec) and cached: reruns, and the other processes under torchrun, load it.
         fingerprint = corpus.fingerprint()
         fingerprint.update(spec.encode())
