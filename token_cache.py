@@ -104,6 +104,9 @@ class TokenCache:
                             num_tokens += len(separator)
                             docs_file.write(np.uint64(num_tokens).tobytes())
                     bar.update(corpus.bytes_read - bar.n)  # a little ahead: the pieces in flight are read
+                for done in (ids_file, docs_file):  # on disk before the metadata says so (a power cut, not just a kill)
+                    done.flush()
+                    os.fsync(done.fileno())
             meta = {"dtype": np.dtype(smallest_id_dtype(tokenizer.vocab_size)).name, "num_tokens": num_tokens,
                     "num_chars": num_chars, "documents": documents}
             os.replace(tmp_ids, self.ids_path)
