@@ -44,7 +44,8 @@ def causal_mask(L: int, S: int, device: torch.device, offset: int = 0) -> torch.
     so offset = S - L aligns the diagonal bottom-right.
     causal_mask(2, 3) -> [[True, False, False], [True, True, False]]
     """
-    return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=offset)  # (L, S)
+    with torch.inference_mode(False):  # cached: a mask first made while generating must serve training later too
+        return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=offset)  # (L, S)
 
 
 def _combine_masks(attn_mask, is_causal, L, S, device):
@@ -109,6 +110,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     """
     batch = q.shape[:-2]
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    if q.size(-2) == 1 and attn_mask is None and not is_causal and dropout_p == 0.0 and not torch.is_grad_enabled():
+        # One query, nothing to mask, no backward (generation's decode step): blocks and saved tensors buy nothing,
+        # and eq. 1's three products are all there is to do.
+        return attention_reference(q, k, v, scale=scale)  # (..., 1, Ev)
     fast = dropout_p == 0.0 and k.shape[:-2] == batch and v.shape[:-2] == batch
     if attn_mask is not None:  # the mask must not need a gradient, nor add batch dimensions to the output
         fast = fast and not attn_mask.requires_grad and torch.broadcast_shapes(attn_mask.shape[:-2], batch) == batch
@@ -128,7 +133,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
 @lru_cache(maxsize=32)
 def _causal_bias(L: int, S: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """causal_mask(L, S) as a float (L, S) bias: 0 where query i may attend to key j, -inf where it may not."""
-    return torch.zeros(L, S, dtype=dtype, device=device).masked_fill_(~causal_mask(L, S, device), float("-inf"))
+    with torch.inference_mode(False):  # as in causal_mask: never cache an inference tensor
+        return torch.zeros(L, S, dtype=dtype, device=device).masked_fill_(~causal_mask(L, S, device), float("-inf"))
 
 
 def _scaled_bmm(x, y, scale):
@@ -275,6 +281,8 @@ class MultiHeadAttention(nn.Module):
         """
         B, T, C = x.shape
         H, D = self.num_heads, C // self.num_heads
+        if kv_cache is not None and T == 1 and padding_mask is None and not self.training:
+            return self._decode_step(x, kv_cache)  # generation's usual step: one new position
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -304,3 +312,18 @@ class MultiHeadAttention(nn.Module):
             y = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C), heads side by side again
         return self.resid_dropout(self.proj(y))  # (B, T, C)
+
+    def _decode_step(self, x, kv_cache: KVCache):
+        """forward() for ONE new position with a cache, in eval mode: x (B, 1, C) -> (B, 1, C), same math.
+
+        What the general path does and one query does not need is left out: with T = 1 the heads are already in
+        place (no transposes), the query attends to every key, cached or new (no mask), and there is no dropout.
+        tests/test_generate.py proves the logits equal a full forward pass without cache.
+        """
+        B, _, C = x.shape
+        H, D = self.num_heads, C // self.num_heads
+        q, k, v = self.qkv(x).view(B, 3, H, 1, D).unbind(1)  # 3 x (B, H, 1, D)
+        k, v = kv_cache.append(k, v)  # (B, H, S, D) each, S = cached positions + this one
+        attend = F.scaled_dot_product_attention if self.backend == "sdpa" else scaled_dot_product_attention  # flash too
+        y = attend(q, k, v)  # (B, H, 1, D)
+        return self.proj(y.reshape(B, 1, C))  # (B, 1, C)

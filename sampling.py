@@ -17,10 +17,10 @@ The loop (`stream`), reference and fast path side by side:
     kv_cache=False  the reference: every step re-runs the model on the whole context
     kv_cache=True   the fast path (the default): the keys and values of earlier tokens never change (the model is
                     causal), so attention.KVCache keeps them; the prompt goes through the model once, then each step
-                    runs ONE new position (`decode_step`, which attends with torch's fused kernel whatever the
-                    model's attention_backend: for one query it is one call instead of several).
-                    tests/test_generate.py proves both loops give the same tokens; bench/generate.py measures ~10x
-                    on a 10.7M-parameter model, where ~60% of a step is then spent reading the weights.
+                    runs ONE new position through the same `model.hidden_states`, whose attention takes its
+                    cheap one-query path (attention.MultiHeadAttention._decode_step).
+                    tests/test_generate.py proves both loops give the same tokens; bench/generate.py measures the
+                    gain (6.6x on a 10.8M-parameter model, 255 tokens).
 
 The context policy, when the text outgrows block_size. The model has learned absolute positions 0..block_size-1, so a
 window cannot slide by one token while keeping the cache: every cached key was computed at its old position. Sliding
@@ -39,13 +39,12 @@ temperature 1, before temperature, top-k or top-p reshape them. They say what th
 sampler then does with it (under greedy, the sampler's own distribution would be 1.0 everywhere).
 
 Shape letters: B batch, T tokens so far, V vocab size, N new tokens, K alternatives shown per step,
-C embedding_dim, H heads, D head size (C // H), S positions in the KV cache.
+C embedding_dim.
 Read next: generate.py, the command line around this.
 """
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 PREALLOCATE = 1 << 16  # new-token columns stream() allocates at most; past them it keeps only the model's window
 
@@ -93,27 +92,6 @@ def choose(logits, temperature: float = 1.0, top_k: int | None = None, top_p: fl
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     probs = sampling_probs(logits, temperature, top_k, top_p)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-
-
-def decode_step(model, token, caches):
-    """The fast path of `model.lm_head(model.hidden_states(token, kv_caches=caches)[:, -1])` for ONE new position.
-
-    token: (B, 1) -> logits (B, V); the token's keys and values are appended to `caches`. Same modules, same math
-    (tests/test_generate.py proves the logits agree), minus what one query in eval mode does not need: no (B, T, C)
-    reshapes and transposes (with T = 1 the heads are already in place), no position tensor, no mask logic, no
-    dropout, and torch's fused attention kernel, one call where the hand-written backend makes several. At batch 1
-    that takes a fifth to a quarter off a small model's step (bench/generate.py).
-    """
-    B, C, H = token.size(0), model.config.embedding_dim, model.config.num_of_heads
-    x = model.tok_emb(token[:, 0]) + model.pos_emb.weight[caches[0].length]  # (B, C)
-    for block, cache in zip(model.blocks, caches):
-        attn = block.attn
-        q, k, v = attn.qkv(block.ln_1(x)).view(B, 3, H, 1, C // H).unbind(1)  # 3 x (B, H, 1, D)
-        keys, values = cache.append(k, v)  # (B, H, S, D) each, S = cached positions + this one
-        y = F.scaled_dot_product_attention(q, keys, values)  # (B, H, 1, D); one query sees every key: no mask
-        x = x + attn.proj(y.reshape(B, C))  # (B, C)
-        x = x + block.mlp(block.ln_2(x))  # (B, C)
-    return model.lm_head(model.ln_f(x))  # (B, V)
 
 
 @dataclass
@@ -178,10 +156,7 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
                     window = tokens[:, start - offset:length - offset].clone()  # (B, length - start)
                     tokens[:, :window.size(1)] = window
                     offset = start
-                if kv_cache and length - cached == 1:  # the usual step: one new token
-                    logits = decode_step(model, tokens[:, cached - offset:length - offset], caches)  # (B, V)
-                    cached = length
-                elif kv_cache:  # the prompt, or a new prefix: encode all of it through the model's own forward
+                if kv_cache:  # only what the caches lack goes through the model: the prompt, then one token a step
                     hidden = model.hidden_states(tokens[:, cached - offset:length - offset],
                                                  kv_caches=caches)  # (B, new, C)
                     logits = model.lm_head(hidden[:, -1])  # (B, V), only the last position needs the head

@@ -8,7 +8,7 @@ with other jobs a second thread mostly waits for a busy core (measured here: 10x
 Greedy decoding at batch 1 from a one-token prompt, tokens per second, for two randomly initialised models with the
 char vocabulary of the built-in Shakespeare (65 tokens; speed does not depend on the weights):
 
-    default      ModelConfig's defaults: 4 layers, 256 wide, context 128        (500 new tokens)
+    default      ModelConfig's defaults: 4 layers, 128 wide, context 128        (500 new tokens)
     6x384        6 layers, 384 wide, 6 heads, context 256, 10.7M parameters     (255 new tokens inside the context,
                                                                                  500 past it)
 
@@ -23,6 +23,7 @@ weights (every Linear layer applied to one vector), and torch's profiler's top o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -118,12 +119,19 @@ def weights_floor(model: GPT, steps: int = 50) -> float:
     return best
 
 
-def through_forward(model: GPT, token, caches):
-    """A decode step through the model's general forward (its own attention backend), as a simple KV cache does."""
+def decode_step(model: GPT, token, caches):
+    """One decode step exactly as sampling.stream takes it: one new position through the cache, then the head."""
     return model.lm_head(model.hidden_states(token, kv_caches=caches)[:, -1])  # (B, V)
 
 
-def step_time(model: GPT, step=sampling.decode_step, steps: int = 200) -> float:
+def with_backend(model: GPT, backend: str) -> GPT:
+    """The same weights with another attention backend."""
+    other = GPT(dataclasses.replace(model.config, attention_backend=backend)).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def step_time(model: GPT, steps: int = 200) -> float:
     """Seconds per decode step, from position 0 to `steps`, best of 5."""
     token = torch.zeros(1, 1, dtype=torch.long)
     best = float("inf")
@@ -132,7 +140,7 @@ def step_time(model: GPT, step=sampling.decode_step, steps: int = 200) -> float:
             caches = model.new_kv_caches(1)
             start = time.perf_counter()
             for _ in range(steps):
-                step(model, token, caches)
+                decode_step(model, token, caches)
             best = min(best, (time.perf_counter() - start) / steps)
     return best
 
@@ -151,9 +159,9 @@ def count_operators(model: GPT) -> int:
     token = torch.zeros(1, 1, dtype=torch.long)
     with torch.inference_mode():
         caches = model.new_kv_caches(1)
-        sampling.decode_step(model, token, caches)
+        decode_step(model, token, caches)
         with Count():
-            sampling.decode_step(model, token, caches)
+            decode_step(model, token, caches)
     return Count.calls
 
 
@@ -169,7 +177,7 @@ def profile_step(model: GPT, steps: int = 100, top: int = 8) -> list[str]:
             caches = model.new_kv_caches(1)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
-                    sampling.decode_step(model, token, caches)
+                    decode_step(model, token, caches)
     finally:
         os.dup2(stderr, 2)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
@@ -214,13 +222,14 @@ def main() -> int:
 
     if not args.no_profile:
         model = models["6x384"][0]
-        step, floor, general = step_time(model), weights_floor(model), step_time(model, through_forward)
+        other = "sdpa" if model.config.attention_backend == "manual" else "manual"
+        step, floor, general = step_time(model), weights_floor(model), step_time(with_backend(model, other))
         weight_bytes = sum(p.numel() for name, p in model.named_parameters() if name != "pos_emb.weight") * 4
         print(f"\nwhere a 6x384 decode step goes: {step * 1e3:.2f} ms = reading the weights {floor * 1e3:.2f} ms "
               f"({weight_bytes / 1e6:.0f} MB of fp32 at {weight_bytes / floor / 1e9:.0f} GB/s, the Linear layers "
               f"alone) + {max(0.0, step - floor) * 1e3:.2f} ms for everything else ({count_operators(model)} torch "
               f"operators, attention, GELU, LayerNorm, Python)")
-        print(f"  the same step through the model's general forward ({model.config.attention_backend} attention): "
+        print(f"  the same step with {other} attention instead of {model.config.attention_backend}: "
               f"{general * 1e3:.2f} ms")
         print("\n".join(profile_step(model)))
     return 0

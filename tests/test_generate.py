@@ -8,6 +8,7 @@ import torch
 
 import generate
 import sampling
+from attention import causal_mask
 from checkpoint import save_checkpoint
 from config import ModelConfig, run_main
 from gpt import GPT
@@ -44,23 +45,33 @@ def test_greedy_with_and_without_cache_is_identical_past_block_size(prompt_len, 
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_decode_step_agrees_with_the_models_forward(bias):
-    """The fast path of one step against the model's own forward over the same cache, position after position."""
+@pytest.mark.parametrize("backend", ["manual", "sdpa", "flash"])
+def test_decode_step_agrees_with_the_models_forward(bias, backend):
+    """The one-token step (attention's cheap path) against a full forward pass without cache, position after
+    position, and against the general cached path (three new positions at once)."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=40, block_size=BLOCK, embedding_dim=32, num_of_layers=2, num_of_heads=4,
-                            bias=bias)).eval()
+                            bias=bias, attention_backend=backend)).eval()
     ids = prompt(BLOCK, batch=2)
     fast, slow = model.new_kv_caches(2), model.new_kv_caches(2)
     with torch.no_grad():
         model.hidden_states(ids[:, :3], kv_caches=fast)
-        model.hidden_states(ids[:, :3], kv_caches=slow)
         for t in range(3, BLOCK):
-            expected = model.lm_head(model.hidden_states(ids[:, t:t + 1], kv_caches=slow)[:, -1])  # (B, V)
-            got = sampling.decode_step(model, ids[:, t:t + 1], fast)  # (B, V)
-            assert torch.allclose(got, expected, atol=1e-5)
-            full = model(ids[:, :t + 1])[0][:, -1]  # and against no cache at all
+            got = model.lm_head(model.hidden_states(ids[:, t:t + 1], kv_caches=fast)[:, -1])  # (B, V)
+            full = model(ids[:, :t + 1])[0][:, -1]  # (B, V), no cache at all
             assert torch.allclose(got, full, atol=1e-5)
+        for t in range(0, BLOCK, 3):  # several new positions at once: the general path with its offset mask
+            got = model.hidden_states(ids[:, t:t + 3], kv_caches=slow)  # (B, new, C)
+            assert torch.allclose(got, model.hidden_states(ids[:, :t + 3])[:, t:], atol=1e-5)
     assert fast[0].length == slow[0].length == BLOCK
+
+
+def test_a_mask_cached_while_generating_serves_autograd_later():
+    """attention.causal_mask is cached; the one a prefill makes under inference_mode must be an ordinary tensor."""
+    tiny_model().generate(prompt(6), 2, greedy=True)  # the 6-token prefill makes causal_mask(6, 6)
+    scores = torch.randn(6, 6, requires_grad=True)
+    scores[causal_mask(6, 6, scores.device)].sum().backward()  # indexing saves the mask for the backward
+    assert scores.grad.sum() == 21
 
 
 def test_cache_and_reference_see_the_same_probabilities_at_every_step():
