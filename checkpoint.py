@@ -155,3 +155,15 @@ def model_from_checkpoint(state: dict, device="cpu", backend: str | None = None,
     load_weights(model, state["model"], source)
     tokenizer = Tokenizer.from_json(state["tokenizer"], source=f"{source}'s tokenizer")
     return model.to(device).eval(), tokenizer
+
+
+def load_model(path, device="cpu", backend: str | None = None) -> tuple[GPT, Tokenizer, dict]:
+    """The one loader of a language model: a checkpoint file written here, or a Hugging Face GPT-2 directory or hub
+    name (gpt2.py). Returns (the GPT in eval mode on `device`, its tokenizer, the checkpoint dict; {} for GPT-2)."""
+    if os.path.isfile(path) or str(path).endswith(".tar"):
+        state = load_checkpoint(path)
+        return (*model_from_checkpoint(state, device, backend, source=str(path)), state)
+    import gpt2  # gpt2.py builds on gpt.py and config.py only
+
+    settings = {} if backend is None else {"attention_backend": backend}
+    return (*gpt2.load_pretrained(str(path), device=device, **settings), {})

@@ -66,6 +66,9 @@ class ModelConfig:
     attention_backend: str = arg("manual", "hand-written attention.py, torch's fused scaled_dot_product_attention, "
                                            "or flash_attention.py (O(T) memory for long contexts)",
                                  choices=("manual", "sdpa", "flash"))
+    activation: str = arg("gelu", "the MLP's GELU: exact (erf), or the tanh approximation GPT-2 was trained with",
+                          choices=("gelu", "gelu_tanh"))
+    layer_norm_eps: float = arg(1e-5, "epsilon added to the variance in every LayerNorm (GPT-2 uses 1e-5 too)")
 
     def __post_init__(self):
         check_numbers(self)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_model
 from config import UserError, arg, check_numbers, load_config, run_main
 from device import resolve_device
 from preflight import check_fits
@@ -221,8 +221,7 @@ def main(argv=None):
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = find_checkpoint(cfg)
-    state = load_checkpoint(path)
-    model, tokenizer = model_from_checkpoint(state, device, source=path)
+    model, tokenizer, state = load_model(path, device)  # a checkpoint file, or a GPT-2 directory (gpt2.py)
     # A sample is kept whole until printed: each token as an id, its text and, if asked for, its probabilities.
     K = min(cfg.top_alternatives, model.config.vocab_size)
     check_fits(cfg.max_new_tokens * (BYTES_PER_TOKEN + 16 * K), f"--max_new_tokens={cfg.max_new_tokens}",

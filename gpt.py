@@ -33,9 +33,15 @@ class MLP(nn.Module):
         self.fc = nn.Linear(C, 4 * C, bias=config.bias)
         self.proj = nn.Linear(4 * C, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        # GELU(x) = x * Phi(x), Phi the standard normal CDF (Hendrycks & Gimpel 2016). Computing Phi needs erf; the
+        # paper's cheaper tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), is what GPT-2's code
+        # used and its weights were trained with. The two differ by at most 4.7e-4 (near x = 2.7): our own models use
+        # the exact one, an imported GPT-2 the approximation (activation="gelu_tanh") so its logits match the original.
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, 4C)
+        return self.dropout(self.proj(h))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -43,10 +49,10 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.embedding_dim, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = MultiHeadAttention(config.embedding_dim, config.num_of_heads, config.dropout, config.bias,
                                        causal=True, backend=config.attention_backend)
-        self.ln_2 = nn.LayerNorm(config.embedding_dim, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, padding_mask=None, kv_cache=None):
@@ -65,7 +71,7 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(config.block_size, C)  # learned absolute positions, as in GPT-1 and GPT-2
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_of_layers))
-        self.ln_f = nn.LayerNorm(C, bias=config.bias)  # GPT-2 adds a final LayerNorm after the last block
+        self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)  # GPT-2 adds it after the last block
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying: one (V, C) matrix reads tokens in and out
 
@@ -74,6 +80,15 @@ class GPT(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **settings) -> "GPT":
+        """OpenAI's GPT-2 from a Hugging Face directory, or a hub name such as "gpt2" (gpt2.py maps the names).
+
+        settings: block_size (crops the position table), dropout, attention_backend. The model is in eval mode."""
+        import gpt2  # gpt2.py builds on this file
+
+        return gpt2.load_pretrained(path, **settings)[0]
 
     @staticmethod
     def _init_weights(module):
