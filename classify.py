@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 import classifier_report as report
-from checkpoint import load_checkpoint, load_weights, model_config_from, model_from_checkpoint, save_checkpoint
+from checkpoint import (load_checkpoint, load_model, load_weights, model_config_from, model_from_checkpoint,
+                        save_checkpoint)
 from config import UserError, arg, check_numbers, load_config, run_main
 from device import autocast, resolve_device, resolve_dtype
 from gpt import GPT
@@ -134,7 +135,11 @@ class PredictConfig:
 
 
 def load_language_model(path: str, device) -> tuple[GPT, Tokenizer]:
-    """The GPT and tokenizer of a playground.py checkpoint, refusing a classifier or a mismatched tokenizer."""
+    """The GPT and tokenizer of a playground.py checkpoint (refusing a classifier or a mismatched tokenizer), or of a
+    Hugging Face GPT-2 directory or hub name."""
+    if not os.path.isfile(path) and not path.endswith(".tar"):
+        model, tokenizer, _ = load_model(path, device)  # gpt2.py
+        return model, tokenizer
     if os.path.isfile(path):
         try:
             state = load_checkpoint(path)

@@ -87,6 +87,8 @@ class TrainConfig:
                                    "built-in Shakespeare corpus when not given")
     text_field: str = arg("text", "the field holding each document's text in a .jsonl corpus")
     tokenizer: str = arg("char", "'char', a tokenizer.json path, or 'bpe:N' / 'bbpe:N' to train one on the corpus")
+    init_from: str | None = arg(None, "fine-tune a Hugging Face GPT-2 (a directory, or a hub name such as gpt2) "
+                                      "instead of training from scratch; its tokenizer comes with it")
     val_fraction: float = arg(0.1, "fraction of the token stream held out for validation: its end, or the "
                                    "last whole documents of a directory or JSONL corpus")
     batch_size: int = arg(32, "sequences per micro-batch")

@@ -15,7 +15,7 @@ sampler's temperature, top-k or top-p reshape them (see sampling.py).
 
 Samples go to stdout (with a `--- sample i/n ---` line before each when there are several); what was loaded and how
 fast it ran go to stderr, so `python generate.py ... > out.txt` keeps only the text.
-Read next: sampling.py (the loop, the sampler, the KV cache policy) if you came here first, then classify.py.
+Read next: sampling.py (the loop, the sampler, the KV cache policy) if you came here first, then gpt2.py.
 """
 import os
 import sys

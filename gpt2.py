@@ -126,11 +126,10 @@ def model_config(hf: dict, source: str, block_size: int | None = None, **setting
         raise UserError(f"{source}: {e}") from None
 
 
-def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict:
-    """ModelConfig -> GPT2Config as a dict. Refused: what GPT-2's architecture cannot express."""
+def hf_config(config: ModelConfig, eot: int | None = None) -> dict:
+    """ModelConfig -> GPT2Config as a dict (eot: the end-of-text id). Refused: what GPT-2 cannot express."""
     if not config.bias:
         raise UserError("bias=False cannot be exported: GPT-2 has a bias in every Linear and LayerNorm")
-    eot = tokenizer.eot_id
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.block_size, "n_embd": config.embedding_dim, "n_layer": config.num_of_layers,
             "n_head": config.num_of_heads, "n_inner": None,
@@ -210,11 +209,8 @@ def read_tokenizer(folder: Path) -> Tokenizer:
     raise UserError(f"{folder} has no tokenizer.json nor vocab.json + merges.txt")
 
 
-def load_pretrained(path: str, block_size: int | None = None, device="cpu", **settings) -> tuple[GPT, Tokenizer]:
-    """A Hugging Face GPT-2 directory (or hub name) -> (our GPT in eval mode on `device`, its tokenizer).
-
-    block_size: crop the context (default: all n_positions). settings: dropout, attention_backend."""
-    folder = resolve(path)
+def read_model(folder: Path, block_size: int | None = None, **settings) -> GPT:
+    """config.json and the weights of a GPT-2 directory -> our GPT (eval mode). settings: dropout, attention_backend."""
     config_path = folder / "config.json"
     try:
         hf = json.loads(config_path.read_text(encoding="utf-8"))
@@ -229,11 +225,37 @@ def load_pretrained(path: str, block_size: int | None = None, device="cpu", **se
     weights, source = read_weights(folder)
     model = GPT(config)
     model.load_state_dict(from_hf_state_dict(weights, model, source))
+    return model.eval()
+
+
+def load_pretrained(path: str, block_size: int | None = None, device="cpu", **settings) -> tuple[GPT, Tokenizer]:
+    """A Hugging Face GPT-2 directory (or hub name) -> (our GPT in eval mode on `device`, its tokenizer).
+
+    block_size: crop the context (default: all n_positions). settings: dropout, attention_backend."""
+    folder = resolve(path)
+    model = read_model(folder, block_size, **settings)
     tokenizer = read_tokenizer(folder)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise UserError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size} "
-                        f"(vocab_size); the tokenizer files belong to another model")
-    return model.to(device).eval(), tokenizer
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+                        f"{model.config.vocab_size} (vocab_size); the tokenizer files belong to another model")
+    return model.to(device), tokenizer
+
+
+def fine_tuning_start(path: str, flags: ModelConfig, explicit: set) -> tuple[GPT, Tokenizer]:
+    """playground.py --init_from: the pretrained GPT (train mode) and tokenizer, with the run's dropout and attention
+    backend, and its block_size when one was given (the position table is cropped). The shape stays GPT-2's: a shape
+    flag that disagrees is refused."""
+    block_size = flags.block_size if "block_size" in explicit else None
+    model, tokenizer = load_pretrained(path, block_size, dropout=flags.dropout,
+                                       attention_backend=flags.attention_backend)
+    for name in ("vocab_size", "embedding_dim", "num_of_layers", "num_of_heads", "bias", "activation",
+                 "layer_norm_eps"):
+        if name in explicit and getattr(flags, name) != getattr(model.config, name):
+            raise UserError(f"--{name}={getattr(flags, name)} differs from {path}'s {getattr(model.config, name)}; "
+                            f"a fine-tuned model keeps its shape: drop --{name}")
+    if "tokenizer" in explicit:
+        raise UserError(f"--tokenizer with --init_from: {path} brings its own tokenizer; drop --tokenizer")
+    return model.train(), tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -245,7 +267,7 @@ def save_pretrained(model: GPT, tokenizer: Tokenizer, out_dir: str) -> list[str]
     transformers' AutoModelForCausalLM and AutoTokenizer load. Returns the files written."""
     from safetensors.torch import save_file
 
-    config = hf_config(model.config, tokenizer)  # refuses first, before anything is written
+    config = hf_config(model.config, tokenizer.eot_id)  # refuses first, before anything is written
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
     out = Path(out_dir)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import data
+import gpt2
 from checkpoint import load_checkpoint, load_weights, model_config_from, save_checkpoint
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from device import autocast, choose_precision, describe, resolve_device
@@ -141,8 +142,12 @@ def main(argv=None):
     # ---- data and tokenizer (rank 0 prepares the caches, the others then read them)
     corpus = data.open_corpus(train_cfg.corpus, train_cfg.text_field)  # a pipe is read once, into a temporary file
     with dist.rank_zero_first():
+        pretrained = None
         if resume_state:
             tokenizer = Tokenizer.from_json(resume_state["tokenizer"], source="the checkpoint's tokenizer")
+        elif train_cfg.init_from:  # GPT-2's weights, shape and tokenizer (gpt2.py)
+            pretrained, tokenizer = gpt2.fine_tuning_start(train_cfg.init_from, model_cfg, explicit)
+            model_cfg = pretrained.config
         else:
             tokenizer = data.resolve_tokenizer(train_cfg.tokenizer, corpus)
         tokens = data.load_tokens(corpus, tokenizer, train_cfg.val_fraction, model_cfg.block_size,
@@ -164,7 +169,7 @@ def main(argv=None):
 
     # ---- model and optimizer
     torch.manual_seed(train_cfg.seed)
-    raw_model = GPT(model_cfg).to(device)
+    raw_model = (pretrained or GPT(model_cfg)).to(device)
     optimizer = raw_model.configure_optimizer(train_cfg.learning_rate, train_cfg.weight_decay,
                                               (train_cfg.beta1, train_cfg.beta2))
     step, best_val = 0, float("inf")

@@ -1,6 +1,6 @@
 """Benchmark (not a test): generation speed with and without the KV cache, and against Hugging Face's GPT-2.
 
-    python bench/generate.py [--repeats 3] [--threads 1] [--no-profile]
+    python bench/generate.py [--repeats 3] [--threads 1] [--no-profile] [--no-gpt2]
 
 One thread by default: at batch 1 a step is a chain of small matrix-vector products, and on a small machine shared
 with other jobs a second thread mostly waits for a busy core (measured here: 10x slower, not faster).
@@ -17,6 +17,10 @@ default), their ratio, and, where `transformers` is installed and the tokens fit
 GPT2LMHeadModel.generate on the very same weights (use_cache=True, greedy), with a check that its tokens equal ours.
 The fast loops keep the best of `repeats` runs, interleaved (the machine may be shared); the no-cache loop runs once.
 
+Then the import path (`--no-gpt2` skips it): a GPT-2 with the 124M model's shape (12 x 768, vocabulary 50257; random
+weights, as there is no network) saved by transformers' save_pretrained and read by gpt2.py; our sampler against
+transformers' generate on those same weights, 100 new tokens, greedy tokens compared.
+
 Then where a decode step's time goes for the 6x384 model: the step's cost against the cost of just reading the
 weights (every Linear layer applied to one vector), and torch's profiler's top operators.
 """
@@ -27,12 +31,15 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import gpt2  # noqa: E402
 import sampling  # noqa: E402
 from config import ModelConfig  # noqa: E402
 from gpt import GPT  # noqa: E402
@@ -43,34 +50,37 @@ MODELS = {
     "6x384": ModelConfig(vocab_size=VOCAB, block_size=256, embedding_dim=384, num_of_layers=6, num_of_heads=6),
 }
 RUNS = [("default", 500), ("6x384", 255), ("6x384", 500)]
+IMPORTED_TOKENS = 100  # new tokens for the imported GPT-2 124M
 
 
 def hf_gpt2(model: GPT):
-    """Hugging Face's GPT2LMHeadModel holding the same weights (its Conv1D stores Linear weights transposed), or None
-    when transformers is not installed."""
+    """Hugging Face's GPT2LMHeadModel holding the same weights (gpt2.py maps the names), or None when transformers
+    is not installed."""
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
         from transformers.utils import logging as hf_logging
     except ImportError:
         return None
     hf_logging.set_verbosity_error()
-    c = model.config
-    config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.embedding_dim,
-                        n_layer=c.num_of_layers, n_head=c.num_of_heads, activation_function="gelu",  # exact GELU
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
-                        pad_token_id=None)
-    hf = GPT2LMHeadModel(config).eval()
-    state = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
-             "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias}
-    for i, block in enumerate(model.blocks):
-        ours = {"ln_1": block.ln_1, "ln_2": block.ln_2, "attn.c_attn": block.attn.qkv, "attn.c_proj": block.attn.proj,
-                "mlp.c_fc": block.mlp.fc, "mlp.c_proj": block.mlp.proj}
-        for name, module in ours.items():
-            transpose = name.startswith(("attn", "mlp"))
-            state[f"transformer.h.{i}.{name}.weight"] = module.weight.T if transpose else module.weight
-            state[f"transformer.h.{i}.{name}.bias"] = module.bias
-    hf.load_state_dict({k: v.detach().contiguous() for k, v in state.items()}, strict=False)  # lm_head is tied
+    hf = GPT2LMHeadModel(GPT2Config(**gpt2.hf_config(model.config))).eval()
+    hf.load_state_dict(gpt2.to_hf_state_dict(model.state_dict(), model.config.num_of_layers), strict=False)
+    hf.tie_weights()  # lm_head is wte, as ours
     return hf
+
+
+def imported_gpt2(folder: str):
+    """A GPT-2 124M (12 x 768, vocabulary 50257, random weights: no network here) saved by transformers, then read
+    by gpt2.py: (our GPT, transformers' model) on the very same weights, or None without transformers."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    hf.save_pretrained(folder)
+    hf.generation_config.eos_token_id = None  # exactly N new tokens, as ours
+    hf.generation_config.pad_token_id = 0
+    return gpt2.read_model(Path(folder)), hf
 
 
 def timed(fn):
@@ -79,11 +89,13 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def measure(model: GPT, hf, new_tokens: int, repeats: int) -> dict:
+def measure(model: GPT, hf, new_tokens: int, repeats: int, reference: bool = True) -> dict:
     """Best tokens/s of each loop over `repeats` interleaved rounds, and whether the loops agree token for token."""
     idx = torch.zeros(1, 1, dtype=torch.long)
     loops = {"no cache": lambda: sampling.generate(model, idx, new_tokens, greedy=True, kv_cache=False),
              "KV cache": lambda: sampling.generate(model, idx, new_tokens, greedy=True)}
+    if not reference:
+        del loops["no cache"]
     if hf is not None and 1 + new_tokens <= model.config.block_size:
         mask = torch.ones_like(idx)
         loops["HF"] = lambda: hf.generate(idx, attention_mask=mask, max_new_tokens=new_tokens,
@@ -195,6 +207,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the fast loops; the best of each is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice, one per core)")
     parser.add_argument("--no-profile", action="store_true", help="skip the step breakdown")
+    parser.add_argument("--no-gpt2", action="store_true", help="skip the imported GPT-2 124M row")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -219,6 +232,13 @@ def main() -> int:
               f"({inside} the context of {model.config.block_size}; same tokens: {'yes' if r['same'] else 'NO'})")
     if models["6x384"][1] is None:
         print("transformers is not installed: the issue measured HF's GPT-2 generate at ~225 tokens/s for 6x384/255")
+    elif not args.no_gpt2:
+        with tempfile.TemporaryDirectory() as folder:
+            model, hf = imported_gpt2(folder)
+        r = measure(model, hf, IMPORTED_TOKENS, args.repeats, reference=False)
+        print(f"{'gpt2':<8} {model.num_parameters() / 1e6:6.1f}M {IMPORTED_TOKENS:>4} {'-':>9} {r['KV cache']:9.0f} "
+              f"{'-':>6} {r['HF']:9.0f} {r['KV cache'] / r['HF']:7.2f}x  (GPT-2 124M's shape saved by transformers, "
+              f"imported by gpt2.py; same tokens: {'yes' if r['same'] else 'NO'})")
 
     if not args.no_profile:
         model = models["6x384"][0]

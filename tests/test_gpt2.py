@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import export
 import generate
 import gpt2
-from checkpoint import save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from config import ModelConfig, UserError, run_main
 from gpt import GPT
 from tokenizer import EOT, TokenizerError, train_tokenizer
@@ -297,3 +297,52 @@ def test_a_name_that_is_no_directory_asks_the_hub_and_offline_says_how(capsys, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     err = one_line_error(capsys, lambda: generate.main(["--checkpoint=no-such-user/no-such-gpt2", "--device=cpu"]))
     assert "not a local directory" in err and "--local-dir" in err
+
+
+# --- a GPT-2 directory wherever a checkpoint is accepted
+
+
+def test_init_from_fine_tunes_all_weights_and_resumes_exactly(gpt2_dir, corpus, tmp_path, monkeypatch, capsys):
+    import playground
+    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+    flags = [corpus, f"--init_from={gpt2_dir}", "--block_size=16", "--batch_size=4", "--eval_iters=2",
+             "--eval_interval=4", "--checkpoint_interval=4", "--sample_tokens=0", "--dtype=float32", "--device=cpu",
+             "--learning_rate=1e-3", "--dropout=0.1", "--warmup_iters=2", "--lr_decay_iters=8"]
+    playground.main(flags + [f"--out_dir={tmp_path / 'straight'}", "--max_iters=8"])
+    playground.main(flags + [f"--out_dir={tmp_path / 'split'}", "--max_iters=4"])
+    playground.main([f"--out_dir={tmp_path / 'split'}", "--resume", "--max_iters=8", "--device=cpu"])
+    a = load_checkpoint(tmp_path / "straight" / "model_checkpoint.tar")
+    b = load_checkpoint(tmp_path / "split" / "model_checkpoint.tar")
+    assert a["model_config"]["block_size"] == 16 and a["model_config"]["activation"] == "gelu_tanh"
+    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
+    pretrained = GPT.from_pretrained(str(gpt2_dir), block_size=16).state_dict()
+    assert all(not torch.equal(t, pretrained[name]) for name, t in a["model"].items())  # every weight was trained
+    assert "299 tokens" not in capsys.readouterr().out  # the GPT-2 tokenizer: 300 tokens, EOT last
+    generate.main([f"--checkpoint={tmp_path / 'straight' / 'model_checkpoint.tar'}", "--prompt=Romeo",
+                   "--max_new_tokens=5", "--device=cpu"])
+    assert capsys.readouterr().out.startswith("Romeo")
+
+
+def test_init_from_keeps_gpt2s_shape(gpt2_dir, corpus, tmp_path, capsys):
+    import playground
+    base = [corpus, f"--init_from={gpt2_dir}", f"--out_dir={tmp_path}", "--device=cpu"]
+    for flag, message in [("--embedding_dim=32", "--embedding_dim=32 differs"),
+                          ("--tokenizer=bbpe:300", "brings its own tokenizer"),
+                          ("--block_size=64", "longer than the model's 48")]:
+        assert message in one_line_error(capsys, lambda flag=flag: playground.main(base + [flag]))
+
+
+def test_classify_fine_tunes_a_gpt2_directory(gpt2_dir, tmp_path):
+    import csv
+
+    import classify
+    rows = [("Romeo " * (1 + i % 4), "romeo") if i % 2 else ("Juliet " * (1 + i % 3), "juliet") for i in range(24)]
+    with open(tmp_path / "names.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    cfg = classify.TrainClassifierConfig(data=str(tmp_path / "names.csv"), checkpoint=str(gpt2_dir),
+                                         out_dir=str(tmp_path / "out"), device="cpu", dtype="float32", epochs=4,
+                                         batch_size=8, learning_rate=1e-2, body_learning_rate=1e-3)
+    result = classify.train(cfg, quiet=True)
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    model, tokenizer, state = classify.load_classifier(str(tmp_path / "out" / "classifier.tar"), "cpu")
+    assert state["model_config"]["activation"] == "gelu_tanh" and tokenizer.eot_id == 299

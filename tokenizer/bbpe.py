@@ -10,8 +10,10 @@ number or a punctuation run:
     >>> tok.decode(tok.encode("naïve 😀")) == "naïve 😀"            # always True
 
 A token can hold part of a character (an emoji is 4 bytes), so `decode` joins all bytes before decoding UTF-8,
-and `token_str` shows an incomplete character as '�'. The one special token is `<|endoftext|>` (id 0); `encode`
-never produces it from plain text unless `allowed_special=True`.
+and `token_str` shows an incomplete character as '�'. The one special token is `<|endoftext|>`: id 0 in the
+vocabularies we train (specials first, as HF's trainer does), 50256 in GPT-2's own files (the last id; gpt2.py loads
+them). Nothing depends on where it sits: code asks for `eot_id`. `encode` never produces it from plain text unless
+`allowed_special=True`.
 
 Read next: hf_reference.py, the Hugging Face configurations these reproduce, then train_tokenizer.py.
 """

@@ -9,8 +9,9 @@ tokens carry their leading space and decoding just turns '▁' back into ' ':
 
 The alphabet is the corpus's characters: a character never seen in training encodes as the unknown token
 `[UNK]` (one per character, HF's fuse_unk=False), and decodes as '[UNK]'. A literal '▁' in the text decodes as a
-space (as in HF's Metaspace decoder). The special tokens are `<|endoftext|>` (id 0) and `[UNK]` (id 1); the text
-"<|endoftext|>" in plain text is encoded as ordinary characters unless `allowed_special=True`.
+space (as in HF's Metaspace decoder). The special tokens are `<|endoftext|>` (id 0) and `[UNK]` (id 1) when trained
+here; code finds them by name, never by id. The text "<|endoftext|>" in plain text is encoded as ordinary characters
+unless `allowed_special=True`.
 
 Read next: bbpe.py, which removes the unknown token by working on bytes.
 """
