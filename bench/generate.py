@@ -73,8 +73,10 @@ def imported_gpt2(folder: str):
     by gpt2.py: (our GPT, transformers' model) on the very same weights, or None without transformers."""
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
     except ImportError:
         return None
+    hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
     hf.save_pretrained(folder)
