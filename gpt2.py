@@ -49,7 +49,6 @@ from tokenizer.hf_reference import UNK
 
 BLOCK_NAMES = [("ln_1", "ln_1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.proj", True),
                ("ln_2", "ln_2", False), ("mlp.c_fc", "mlp.fc", True), ("mlp.c_proj", "mlp.proj", True)]
-SKIPPED = ("attn.bias", "attn.masked_bias")  # the old files' mask buffers
 # activation_function -> ours. gelu_new and gelu_pytorch_tanh are both the tanh approximation (the second is torch's
 # own kernel, bit for bit what we compute, so that is what we write); "gelu" is the exact one.
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -71,19 +70,20 @@ def name_pairs(num_layers: int) -> list[tuple[str, str, bool]]:
 
 def to_hf_state_dict(state: dict, num_layers: int) -> dict:
     """Our state_dict -> GPT2LMHeadModel's names and layouts (lm_head left out: it is tied to wte)."""
-    return {hf: (state[ours].T if transposed else state[ours]).detach().contiguous().clone()
-            for hf, ours, transposed in name_pairs(num_layers)}
+    return {hf: (state[ours].T if transposed else state[ours]).detach().contiguous().clone()  # Linear (out, in) ->
+            for hf, ours, transposed in name_pairs(num_layers)}  # Conv1D (in, out); everything else as it is
 
 
 def from_hf_state_dict(weights: dict, model: GPT, source: str) -> dict:
-    """A GPT-2 state dict (either naming) -> a state dict for `model`, every shape checked, positions cropped."""
+    """A GPT-2 state dict (either naming) -> a state dict for `model`, every shape checked, positions cropped.
+    Only the names of the table are read: the old files' attn.bias / attn.masked_bias buffers are left behind."""
     weights = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in weights.items()}
     config, expected = model.config, model.state_dict()  # the shapes (and dtype) the weights must take
     state = {}
     for hf, ours, transposed in name_pairs(config.num_of_layers):
         if hf not in weights:
             raise UserError(f"{source} has no weight {hf}: not a GPT-2 checkpoint of this config.json, or truncated")
-        tensor = weights[hf].T if transposed else weights[hf]
+        tensor = weights[hf].T if transposed else weights[hf]  # Conv1D (in, out) -> Linear (out, in)
         if ours == "pos_emb.weight":
             tensor = tensor[:config.block_size]  # (T, C): a shorter context only needs the first positions
         if tensor.shape != expected[ours].shape:
