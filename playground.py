@@ -169,7 +169,7 @@ def main(argv=None):
 
     # ---- model and optimizer
     torch.manual_seed(train_cfg.seed)
-    raw_model = (pretrained or GPT(model_cfg)).to(device)
+    raw_model = (GPT(model_cfg) if pretrained is None else pretrained).to(device)
     optimizer = raw_model.configure_optimizer(train_cfg.learning_rate, train_cfg.weight_decay,
                                               (train_cfg.beta1, train_cfg.beta2))
     step, best_val = 0, float("inf")
