@@ -282,7 +282,7 @@ def test_cli_with_a_byte_level_tokenizer_starts_from_end_of_text_and_streams_who
     assert cli(capsys, tmp_path, "--prompt=née ☃", "--temperature=1.5", "--stream") == batch
 
 
-
+def test_probabilities_and_table_cells_show_every_token():
     assert generate.with_prob(" dog", 0.53471) == " dog (0.5347)"
     assert generate.with_prob("\n", 0.5) == "↵ (0.5000)\n"
     assert generate.with_prob(" ", 0.25) == "␣ (0.2500)"  # a lone space would vanish between two probabilities
