@@ -7,7 +7,7 @@
    training) and of forward + backward, ours / torch's, and the largest difference between the two (outputs and
    gradients of q, k, v).
 2. One training step of gpt.GPT (forward, backward, AdamW) at the project's default shape (ModelConfig, TrainConfig
-   batch_size, the char tokenizer's ~83 symbols) with attention_backend="manual" against "sdpa".
+   batch_size, the char tokenizer's 80 for the built-in Shakespeare) with attention_backend="manual" against "sdpa".
 3. Long contexts (--long): flash_attention.py and the manual path against SDPA, causal, forward + backward, at
    (B, 4, T, 64) with B * T = 8192 tokens: the time ratio, and the extra memory of one forward + backward, measured
    as the peak RSS of a fresh subprocess minus its RSS once the inputs exist (what attention itself allocates).
@@ -36,7 +36,7 @@ LONG_TOKENS, LONG_HEADS, LONG_HEAD_SIZE = 8192, 4, 64  # B = 8192 // T sequences
 BLOCK_GRID = [(64, 256), (64, 512), (128, 256), (128, 512), (128, 1024), (256, 256), (256, 512), (256, 1024)]
 BACKENDS = {"manual": attention.scaled_dot_product_attention, "flash": attention.flash_attention,
             "sdpa": F.scaled_dot_product_attention}
-CHAR_VOCAB_SIZE = 83  # the char tokenizer on the built-in Shakespeare corpus
+CHAR_VOCAB_SIZE = 80  # the char tokenizer: 80 for the built-in Shakespeare
 
 
 def race(ours, theirs, repeats: int, warmup: int = 2):
