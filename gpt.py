@@ -8,8 +8,9 @@ Each Block is pre-LayerNorm (GPT-2 section 2.3 moved LayerNorm to the input of e
     x = x + mlp(LayerNorm(x))           # each token thinks alone: Linear(C, 4C), GELU, Linear(4C, C)
 
 The output layer shares its weights with the token embedding (weight tying, Press & Wolf 2017, as GPT-2 does).
-Initialisation follows GPT-2: every weight ~ N(0, 0.02), biases 0, and the projections that write into the residual
-stream scaled by 1/sqrt(2 * num_of_layers) so the stream's variance does not grow with depth (GPT-2 section 2.3).
+Initialisation follows GPT-2: every Linear and Embedding weight ~ N(0, 0.02), biases 0, LayerNorm gains 1, and the
+projections that write into the residual stream drawn with std 0.02/sqrt(2 * num_of_layers) so the stream's variance
+does not grow with depth (GPT-2 section 2.3).
 
 Shape letters: B batch, T time (tokens), C embedding_dim, V vocab_size, N num_of_layers.
 Read next: playground.py, which trains this model.

@@ -74,7 +74,7 @@ def atomic_write(path: str, text: str) -> None:
 
 
 def count_pairs(words: list[list[int]], counts: list[int]) -> dict[tuple[int, int], int]:
-    """Rule 8 (rules doc C): how often each adjacent pair occurs, each word weighted by its count.
+    """Rule 8 (tokenizer/README.md): how often each adjacent pair occurs, each word weighted by its count.
     [[1, 2, 3, 1, 2]], [1] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}; overlaps count: [[7, 7, 7]], [1] -> {(7, 7): 2}."""
     pairs = {}
     for word, count in zip(words, counts):
@@ -84,7 +84,7 @@ def count_pairs(words: list[list[int]], counts: list[int]) -> dict[tuple[int, in
 
 
 def merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Rule 12: replace each occurrence of `pair` by `new_id`, scanning left to right, without overlap.
+    """Rule 12 (tokenizer/README.md): replace each occurrence of `pair` by `new_id`, scanning left to right, without overlap.
     [1, 2, 3, 1, 2], (1, 2), 4 -> [4, 3, 4];  [7, 7, 7], (7, 7), 8 -> [8, 7]."""
     out, i = [], 0
     while i < len(word):
@@ -224,7 +224,7 @@ class Tokenizer:
         return np.fromiter(itertools.chain.from_iterable(ids), dtype=smallest_id_dtype(self.vocab_size), count=total)
 
     def to_dict(self) -> dict:
-        """The tokenizer.json content, laid out field for field like Hugging Face's own files (rules doc E14-15)."""
+        """The tokenizer.json content, laid out field for field like Hugging Face's own files (rules 14-15 in tokenizer/README.md)."""
         parts = self._hf_parts()
         added = [{"id": self.vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
                   "normalized": False, "special": True} for t in self.special_tokens]

@@ -2,7 +2,8 @@
 
 The vocabulary is the corpus's distinct characters sorted by code point, with ids 0..N-1 in that order, as in
 nanoGPT's shakespeare_char. No merges and no special tokens, so `eot_id` is None: a char vocabulary is exactly
-the corpus's characters (65 for Shakespeare). Tiny models learn it quickly, which makes it the teaching default.
+the corpus's characters (80 for the built-in Shakespeare). Tiny models learn it quickly, which makes it the teaching
+default.
 
     >>> tok = CharTokenizer.train("hello world")
     >>> tok.vocab                     # {' ': 0, 'd': 1, 'e': 2, 'h': 3, 'l': 4, 'o': 5, 'r': 6, 'w': 7}

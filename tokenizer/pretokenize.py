@@ -7,10 +7,10 @@ BPE never merges across a word boundary, so the words decide what tokens can exi
   `replace(' ', "▁")`, then `split('▁', MergedWithNext)`; with prepend_scheme="never" nothing is prepended.
       >>> split_metaspace("Hello  world\\n")      # ['Hello', '▁', '▁world\\n']
 - GPT-2's regex (used by bbpe.py): contractions, letters, numbers, other symbols, each with an optional leading
-  space, then runs of whitespace. HF's pre_tokenizers/byte_level.rs, rules doc A3.
+  space, then runs of whitespace. HF's pre_tokenizers/byte_level.rs, rule 3 in tokenizer/README.md.
       >>> split_gpt2("Hello  world's\\n")        # ['Hello', ' ', ' world', "'s", '\\n']
 
-Training reads the corpus line by line (rules doc A1: HF's `Tokenizer.train` splits files at '\\n', each line
+Training reads the corpus line by line (rule 1 in tokenizer/README.md: HF's `Tokenizer.train` splits files at '\\n', each line
 keeping it), so the corpus's words are those of each line; `count_words_reference` does exactly that.
 `count_words` gets the same counts faster: a pattern that behaves per line run over the whole text in one call
 (no Python loop over 100k lines), with the corpus cut in halves counted on both cores. A test proves they agree.
@@ -26,7 +26,7 @@ from collections import Counter
 
 import regex
 
-# `regex`, not `re`: the stdlib disagrees with Rust's Unicode classes on thousands of code points (rules doc A2).
+# `regex`, not `re`: the stdlib disagrees with Rust's Unicode classes on thousands of code points (rule 2 in tokenizer/README.md).
 GPT2_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 # The same, when text is many lines: a whitespace run never crosses a '\n' and ends at one as if at the end of
 # the text ([^\S\n] is "whitespace except newline"). Only the last two alternatives differ.
@@ -39,7 +39,7 @@ METASPACE_LINEWISE = re.compile(r"▁[^▁\n]*\n?|[^▁\n]+\n?|\n")
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte (rules doc A4): printable bytes stand for themselves, the other 68
+    """GPT-2's printable stand-in for each byte (rule 4 in tokenizer/README.md): printable bytes stand for themselves, the other 68
     (controls, space, 0x7f-0xa0, 0xad) take U+0100, U+0101, ... in byte order. 32 (space) -> 'Ġ', 10 -> 'Ċ'."""
     printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     others = [b for b in range(256) if b not in printable]

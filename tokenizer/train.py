@@ -17,7 +17,7 @@ Two trainers, which must give the same merges (tests/test_tokenizer_bpe.py check
   index pair -> positions where it occurs and a max-heap of counts checked lazily, as HF's trainer.rs does.
   Merges with many occurrences run vectorized with numpy (train_numpy.py), the rest in a Python loop.
 
-The rules (numbers refer to ../../shared/docs/hf-bpe-rules.md, read from HF's models/bpe/trainer.rs and word.rs):
+The rules (numbered as in tokenizer/README.md, which reads them from HF's models/bpe/trainer.rs and word.rs):
   5-6  specials first, then the alphabet in code-point order                   -> initial_vocab
   8    pair count = word count x occurrences (overlaps count: "aaa" has 2)     -> count_pairs
   9    highest count first; ties go to the smallest (left id, right id)         -> best_pair / heap order
@@ -68,7 +68,7 @@ def check_vocab_size(vocab_size: int, vocab: dict[str, int], num_specials: int) 
 
 
 def add_merge(vocab: dict[str, int], id_to_token: list[str], merges: list, left: int, right: int) -> int:
-    """Rule 11: record the merge (left, right) and return the id of its token, new or (rarely) existing."""
+    """Rule 11 (tokenizer/README.md): record the merge (left, right) and return the id of its token, new or (rarely) existing."""
     string = id_to_token[left] + id_to_token[right]
     if string not in vocab:  # HF reuses the id when the string exists already (e.g. a special token's text)
         vocab[string] = len(id_to_token)
@@ -80,7 +80,7 @@ def add_merge(vocab: dict[str, int], id_to_token: list[str], merges: list, left:
 # --- the reference: recount everything at every merge -----------------------------------------------------------
 
 def best_pair(pairs: dict[tuple[int, int], int]) -> tuple[int, int]:
-    """Rule 9: the highest count; among equal counts the smallest (left id, right id)."""
+    """Rule 9 (tokenizer/README.md): the highest count; among equal counts the smallest (left id, right id)."""
     return min(pairs, key=lambda pair: (-pairs[pair], pair))
 
 
