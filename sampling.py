@@ -38,8 +38,8 @@ The probabilities reported (`Step.prob`, `Step.top_probs`) are the model's own: 
 temperature 1, before temperature, top-k or top-p reshape them. They say what the model believes, whatever the
 sampler then does with it (under greedy, the sampler's own distribution would be 1.0 everywhere).
 
-Shape letters: B batch, T tokens so far, V vocab size, N new tokens, K alternatives shown per step,
-C embedding_dim.
+Shape letters (the README's alphabet): B batch, T tokens so far, V vocab size, N new tokens, A alternatives shown
+per step, C embedding_dim.
 Read next: generate.py, the command line around this.
 """
 from dataclasses import dataclass
@@ -99,8 +99,8 @@ class Step:
     """One generated position: the chosen tokens and, if asked for, the model's probabilities at that step."""
     ids: torch.Tensor                     # (B,) the token chosen in each row
     prob: torch.Tensor | None = None      # (B,) the model's probability of that token
-    top_ids: torch.Tensor | None = None   # (B, K) the K most probable tokens, most probable first
-    top_probs: torch.Tensor | None = None  # (B, K) their probabilities
+    top_ids: torch.Tensor | None = None   # (B, A) the A most probable tokens, most probable first
+    top_probs: torch.Tensor | None = None  # (B, A) their probabilities
 
 
 @dataclass
@@ -108,8 +108,8 @@ class Generation:
     """What `generate` returns when asked for probabilities: the tokens and the per-step probabilities."""
     ids: torch.Tensor                     # (B, T + N) the prompt followed by the new tokens
     probs: torch.Tensor                   # (B, N) the model's probability of each new token
-    top_ids: torch.Tensor | None = None   # (B, N, K) the K most probable tokens at each step
-    top_probs: torch.Tensor | None = None  # (B, N, K) and their probabilities
+    top_ids: torch.Tensor | None = None   # (B, N, A) the A most probable tokens at each step
+    top_probs: torch.Tensor | None = None  # (B, N, A) and their probabilities
 
 
 def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -118,7 +118,7 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
     """Yield one Step per new token: `for step in stream(model, idx, 100): print(step.ids)`.
 
     idx: (B, T) prompt ids, T >= 1. The model runs in eval mode without autograd for the whole loop (its previous
-    mode is restored afterwards). with_probs / top_alternatives=K ask for the model's probabilities (see the module
+    mode is restored afterwards). with_probs / top_alternatives=A ask for the model's probabilities (see the module
     docstring); with neither and greedy, no softmax is computed at all.
     """
     check_settings(max_new_tokens, temperature, top_k, top_p)
@@ -127,7 +127,7 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
         raise ValueError("the prompt must hold at least one token (an end-of-text or newline token, for instance)")
     block_size = model.config.block_size
     keep = max(1, block_size // 2)  # tokens kept as the new prefix when the window is full
-    K = min(top_alternatives, model.config.vocab_size)
+    A = min(top_alternatives, model.config.vocab_size)
     was_training = model.training
     model.eval()
     try:
@@ -167,11 +167,11 @@ def stream(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int
                 next_id = choose(logits, temperature, top_k, top_p, greedy, generator)  # (B, 1)
                 tokens[:, length - offset] = next_id[:, 0]
                 step = Step(ids=next_id[:, 0])  # (B,)
-                if with_probs or K:
+                if with_probs or A:
                     model_probs = torch.softmax(logits, dim=-1)  # (B, V), temperature 1, unfiltered
                     step.prob = model_probs.gather(-1, next_id)[:, 0]  # (B,)
-                    if K:
-                        step.top_probs, step.top_ids = torch.topk(model_probs, K, dim=-1)  # (B, K) each
+                    if A:
+                        step.top_probs, step.top_ids = torch.topk(model_probs, A, dim=-1)  # (B, A) each
             yield step
     finally:
         model.train(was_training)
@@ -193,6 +193,6 @@ def generate(model, idx, max_new_tokens: int, return_probs: bool = False, top_al
     probs = torch.stack([s.prob for s in steps], dim=1)  # (B, N)
     if not top_alternatives:
         return Generation(ids, probs)
-    top_ids = torch.stack([s.top_ids for s in steps], dim=1)  # (B, N, K)
-    top_probs = torch.stack([s.top_probs for s in steps], dim=1)  # (B, N, K)
+    top_ids = torch.stack([s.top_ids for s in steps], dim=1)  # (B, N, A)
+    top_probs = torch.stack([s.top_probs for s in steps], dim=1)  # (B, N, A)
     return Generation(ids, probs, top_ids, top_probs)
