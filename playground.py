@@ -7,7 +7,7 @@ classic one of GPT-1/2/3 and nanoGPT:
                        forward + backward on one or more micro-batches (gradient accumulation)
                        clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
     every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
-                                      best_checkpoint.tar when val loss improves
+                                      best_checkpoint.tar when val loss improves, curves.png (plot.py)
     every checkpoint_interval steps:  model_checkpoint.tar (everything needed to resume exactly)
 
 `--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
@@ -29,6 +29,7 @@ import torch
 
 import data
 import gpt2
+import plot
 from checkpoint import load_checkpoint, load_weights, model_config_from, save_checkpoint
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from device import autocast, choose_precision, describe, resolve_device
@@ -173,6 +174,7 @@ def main(argv=None):
     optimizer = raw_model.configure_optimizer(train_cfg.learning_rate, train_cfg.weight_decay,
                                               (train_cfg.beta1, train_cfg.beta2))
     step, best_val = 0, float("inf")
+    history = list(resume_state.get("history", [])) if resume_state else []  # every evaluation: the curves
     if resume_state:
         load_weights(raw_model, resume_state["model"])
         try:
@@ -214,7 +216,7 @@ def main(argv=None):
         save_checkpoint(os.path.join(out_dir, name), {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
             "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
-            "tokenizer": tokenizer.to_json(), "step": step, "best_val_loss": best_val,
+            "tokenizer": tokenizer.to_json(), "step": step, "best_val_loss": best_val, "history": history,
             "rng": {"torch": torch.get_rng_state()}})
 
     # ---- the loop
@@ -262,6 +264,10 @@ def main(argv=None):
                 message = (f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                            f"val {bpc:.3f} bits/char, {time.perf_counter() - started:.0f}s")
                 (progress.write if progress else print)(message + (" (best so far)" if improved else ""))
+                history.append({"step": step, "tokens": step * tokens_per_step, "train": losses["train"],
+                                "val": losses["val"], "bpc": bpc, "lr": lr})
+                plot.training_curves({out_dir: history}, os.path.join(out_dir, "curves.png"),
+                                     [learning_rate(s, train_cfg) for s in range(train_cfg.max_iters)])
                 if logger:
                     logger.log({"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
                                 "eval/val_bits_per_char": bpc}, step)
