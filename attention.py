@@ -2,8 +2,8 @@
 
 Three pieces:
 
-- `attention_reference(q, k, v, ...)`: eq. 1 of the paper, softmax(q k^T / sqrt(d_k)) v, in a few obvious lines;
-  autograd derives the backward. Read this one first.
+- `attention_reference(q, k, v, ...)`: eq. 1 of the paper, softmax(q k^T / sqrt(d_k)) v, in a few obvious lines
+  (`attention_weights` is its softmax part, which plot.py draws); autograd derives the backward. Read this one first.
 - `scaled_dot_product_attention(q, k, v, ...)`: the same function, as fast as we can make it in plain PyTorch (a
   hand-written backward, causal blocks that skip the masked upper triangle, no needless copies). It takes the same
   arguments as `torch.nn.functional.scaled_dot_product_attention` and gives the same results; tests/test_attention.py
@@ -76,8 +76,9 @@ def _combine_masks(attn_mask, is_causal, L, S, device):
     return attn_mask.masked_fill(empty_rows, 0.0), empty_rows  # (..., L, S)
 
 
-def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
-    """softmax(q k^T * scale + mask) v, the obvious way; arguments as in scaled_dot_product_attention below."""
+def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
+    """softmax(q k^T * scale + mask): how much each query attends to each key; rows sum to 1 (0 for a fully masked
+    row). q: (..., L, E), k: (..., S, E) -> (..., L, S). The pictures of plot.attention_maps are these."""
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale  # the paper's 1/sqrt(d_k) (eq. 1)
     mask, empty_rows = _combine_masks(attn_mask, is_causal, q.size(-2), k.size(-2), q.device)
     att = (q * scale) @ k.transpose(-2, -1)  # (..., L, S), the score of every query against every key
@@ -88,6 +89,12 @@ def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     att = torch.softmax(att, dim=-1)  # (..., L, S), each row sums to 1
     if empty_rows is not None:
         att = att.masked_fill(empty_rows, 0.0)  # (..., L, S), a query with nothing to attend to outputs zeros
+    return att
+
+
+def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """softmax(q k^T * scale + mask) v, the obvious way; arguments as in scaled_dot_product_attention below."""
+    att = attention_weights(q, k, attn_mask, is_causal, scale)  # (..., L, S)
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)  # (..., L, S), drops whole attention links; survivors scaled by 1/(1-p)
     return att @ v  # (..., L, Ev), a weighted average of the values
@@ -327,3 +334,13 @@ class MultiHeadAttention(nn.Module):
         attend = F.scaled_dot_product_attention if self.backend == "sdpa" else scaled_dot_product_attention  # flash too
         y = attend(q, k, v)  # (B, H, 1, D)
         return self.proj(y.reshape(B, 1, C))  # (B, 1, C)
+
+    def attention_weights(self, x):
+        """x: (B, T, C) -> (B, H, T, T), the weights every head gives each earlier token: what forward() averages the
+        values with (no dropout, no cache; causal as the module is). For looking at, not for training."""
+        B, T, C = x.shape
+        H, D = self.num_heads, C // self.num_heads
+        q, k, _ = self.qkv(x).split(C, dim=2)  # 2 x (B, T, C)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        return attention_weights(q, k, is_causal=self.causal)  # (B, H, T, T)

@@ -4,6 +4,8 @@
     python generate.py --checkpoint out/model_checkpoint.tar --prompt FILE:prompt.txt --num_samples 3
     python generate.py --prompt "ROMEO:" --greedy --show_probs --max_new_tokens 20
     python generate.py --prompt "ROMEO:" --top_alternatives 6 --max_new_tokens 10
+    python generate.py --prompt "ROMEO: Wherefore" --attention_map attn.png       # what each head looks at
+    python generate.py --prompt "ROMEO:" --show_probs --plot probs.png             # the text coloured by probability
 
 Sampling (sampling.py) runs with a KV cache: after the prompt, each new token costs the model one position.
 `--no_kv_cache` re-runs the whole context every step instead (the reference; same tokens, slower).
@@ -14,8 +16,9 @@ probable at that step. These are the model's own probabilities (softmax of its l
 sampler's temperature, top-k or top-p reshape them (see sampling.py).
 
 Samples go to stdout (with a `--- sample i/n ---` line before each when there are several); what was loaded and how
-fast it ran go to stderr, so `python generate.py ... > out.txt` keeps only the text.
-Read next: sampling.py (the loop, the sampler, the KV cache policy) if you came here first, then gpt2.py.
+fast it ran go to stderr, so `python generate.py ... > out.txt` keeps only the text. The pictures (--attention_map,
+--plot) are drawn by plot.py.
+Read next: sampling.py (the loop, the sampler, the KV cache policy) if you came here first, then plot.py.
 """
 import os
 import sys
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+import plot
 from checkpoint import load_model
 from config import UserError, arg, check_numbers, load_config, run_main
 from device import resolve_device
@@ -54,6 +58,12 @@ class GenerateConfig:
     top_alternatives: int = arg(0, "after each sample, a table of the N most probable tokens at every step")
     no_kv_cache: bool = arg(False, "re-run the whole context every step (the slow reference) instead of a KV cache")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
+    attention_map: str | None = arg(None, "draw the prompt's attention weights, a layer x head grid of heatmaps, to "
+                                          "this PNG and stop (no sampling)")
+    layer: int | None = arg(None, "with --attention_map: only this layer (0 = the first)")
+    head: int | None = arg(None, "with --attention_map: only this head (0 = the first); with --layer, one large map")
+    plot: str | None = arg(None, "draw the sample to this PNG: coloured by probability (with --show_probs), or a bar "
+                                 "chart of the likeliest tokens at each step (with --top_alternatives)")
     threads: int = arg(1, "CPU threads; 0 = torch's default (one per core). One, because a batch-1 step is a chain "
                           "of small operations that a second thread slows down (10-100x on a busy 2-core machine)")
 
@@ -72,6 +82,15 @@ class GenerateConfig:
             raise UserError(f"top_p={self.top_p} must be in (0, 1], e.g. 0.9")
         if self.top_alternatives < 0:
             raise UserError(f"top_alternatives={self.top_alternatives} must not be negative")
+        for name in ("layer", "head"):
+            value = getattr(self, name)
+            if value is not None and (self.attention_map is None or value < 0):
+                raise UserError(f"--{name}={value} " + ("must not be negative" if self.attention_map else
+                                                        "only chooses what --attention_map draws; add it"))
+        if self.plot and not (self.show_probs or self.top_alternatives):
+            raise UserError("--plot draws the probabilities: add --show_probs or --top_alternatives N")
+        if self.plot and self.num_samples > 1:
+            raise UserError(f"--plot draws one sample; drop --num_samples={self.num_samples}")
 
 
 def note(message: str):
@@ -188,7 +207,8 @@ def write(text: str):
 
 
 def run_sample(model, tokenizer, prompt_ids, cfg: GenerateConfig, generator, device, live: bool):
-    """Generate one sample; print it (token by token when `live`). Returns the number of new tokens."""
+    """Generate one sample; print it (token by token when `live`). Returns (new ids, their probabilities, the top K
+    ids and probabilities at each step); the lists are empty when not asked for."""
     K = cfg.top_alternatives
     steps = stream(model, torch.tensor([prompt_ids], device=device), cfg.max_new_tokens, temperature=cfg.temperature,
                    top_k=cfg.top_k, top_p=cfg.top_p, greedy=cfg.greedy, generator=generator,
@@ -212,11 +232,46 @@ def run_sample(model, tokenizer, prompt_ids, cfg: GenerateConfig, generator, dev
         write(tokenizer.decode(new_ids) + "\n")
     if K:
         write("\n" + alternatives_table(tokenizer, new_ids, probs, top_ids, top_probs) + "\n")
-    return len(new_ids)
+    return new_ids, probs, top_ids, top_probs
+
+
+def draw_attention(model, tokenizer, prompt_ids: list[int], cfg: GenerateConfig):
+    """--attention_map: the prompt's attention weights in every layer and head (or the chosen ones) as heatmaps."""
+    c = model.config
+    for name, value, count in (("layer", cfg.layer, c.num_of_layers), ("head", cfg.head, c.num_of_heads)):
+        if value is not None and value >= count:
+            raise UserError(f"--{name}={value} is out of range: this model has {count} {name}s, 0 to {count - 1}")
+    if len(prompt_ids) > c.block_size:
+        raise UserError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {c.block_size}; "
+                        f"shorten it (a map of {c.block_size} x {c.block_size} would be unreadable anyway)")
+    idx = torch.tensor([prompt_ids], device=model.tok_emb.weight.device)  # (1, T)
+    weights = model.attention_maps(idx)[:, 0]  # (N, H, T, T)
+    layers = None if cfg.layer is None else [cfg.layer]
+    heads = None if cfg.head is None else [cfg.head]
+    tokens = [tokenizer.token_str(t) for t in prompt_ids]
+    plot.attention_maps(weights, tokens, cfg.attention_map, layers, heads)
+    note(f"wrote {cfg.attention_map}: attention of {len(prompt_ids)} prompt tokens")
+
+
+def draw_probabilities(tokenizer, prompt_ids, sample, cfg: GenerateConfig, max_steps: int = 40):
+    """--plot: the sample coloured by probability, or (with --top_alternatives) a bar chart per step."""
+    new_ids, probs, top_ids, top_probs = sample
+    text = [tokenizer.token_str(t) for t in new_ids]
+    if cfg.top_alternatives:
+        if len(new_ids) > max_steps:
+            note(f"the chart shows the first {max_steps} of {len(new_ids)} steps")
+        top_text = [[tokenizer.token_str(t) for t in row] for row in top_ids[:max_steps]]
+        plot.alternatives_chart(text[:max_steps], top_text, top_probs[:max_steps], cfg.plot)
+    else:
+        plot.probability_text([tokenizer.token_str(t) for t in prompt_ids], text, probs, cfg.plot)
+    note(f"wrote {cfg.plot}")
 
 
 def main(argv=None):
     (cfg,), _ = load_config(sys.argv[1:] if argv is None else argv, (GenerateConfig,), __doc__.splitlines()[0])
+    for picture in (cfg.attention_map, cfg.plot):
+        if picture:
+            plot.check_output(picture)  # before any work
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -227,7 +282,11 @@ def main(argv=None):
     check_fits(cfg.max_new_tokens * (BYTES_PER_TOKEN + 16 * K), f"--max_new_tokens={cfg.max_new_tokens}",
                "ask for fewer tokens, or several samples with --num_samples")
     prompt = read_prompt(cfg.prompt)
+    if cfg.attention_map and not prompt:
+        raise UserError("--attention_map draws the prompt's attention: give one with --prompt")
     prompt_ids, stand_in = encode_prompt(prompt, tokenizer)
+    if cfg.attention_map:
+        return draw_attention(model, tokenizer, prompt_ids, cfg)
     block_size = model.config.block_size
     where = f"{device}, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
     note(f"{path}: {model.num_parameters():,} parameters, step {state.get('step', '?')}, {tokenizer.kind} tokenizer; "
@@ -246,12 +305,15 @@ def main(argv=None):
                 write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{cfg.num_samples} ---\n")
             if not stand_in:
                 write(prompt)
-            total += run_sample(model, tokenizer, prompt_ids, cfg, generator, device, live)
+            sample = run_sample(model, tokenizer, prompt_ids, cfg, generator, device, live)
+            total += len(sample[0])
     except BrokenPipeError:  # `python generate.py | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     elapsed = time.perf_counter() - started
     note(f"{total} tokens in {elapsed:.2f}s ({total / elapsed:,.0f} tokens/s)")
+    if cfg.plot:
+        draw_probabilities(tokenizer, [] if stand_in else prompt_ids, sample, cfg)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,20 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    @torch.no_grad()
+    def attention_maps(self, idx):
+        """idx: (B, T) -> (N, B, H, T, T): every block's attention weights for this input, as the forward computes
+        them in eval mode (each from its block's LayerNorm'd input). The forward is untouched; plot.py draws these."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C), no dropout: looking
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_weights(block.ln_1(x)))  # (B, H, T, T)
+            x = block(x)  # (B, T, C)
+        return torch.stack(maps)  # (N, B, H, T, T)
+
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.99)):
         """AdamW with decay on weight matrices only (GPT-1 section 4.1: L2 on "all non bias or gain weights").
 
