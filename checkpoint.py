@@ -12,6 +12,7 @@ exactly and to generate without side files:
     optimizer          AdamW's state_dict
     step               optimizer steps done (also the data position: batches are a function of the step)
     best_val_loss      the lowest validation loss so far
+    history            every evaluation so far: [{step, tokens, train, val, bpc, lr}, ...] (plot.py draws it)
     rng                torch's RNG state (dropout), CUDA's when on a GPU
 
 Writes go to a temporary file that is renamed into place, so a crash mid-write leaves the previous file intact; a

@@ -1,7 +1,7 @@
 """Pictures of a run and of a model: training curves, attention maps, token probabilities, embeddings.
 
     python plot.py out/                                   # out/'s training curves -> runs.png
-    python plot.py out/ out_bbpe/ --out runs.png          # several runs overlaid, labelled by what differs in their configs
+    python plot.py out/ out_bbpe/ --out runs.png          # several runs overlaid, labelled by what differs
     python plot.py --embeddings out/best_checkpoint.tar emb.png   # the token embeddings projected to 2-D (PCA)
 
 The other pictures are drawn by the scripts that have the data:
@@ -161,10 +161,11 @@ def attention_maps(weights: torch.Tensor, tokens: list[str], path, layers=None, 
     rows, cols = len(layers), len(heads)
     T = len(tokens)
     single = rows == cols == 1
-    cell = max(3.0, 0.22 * T) if single else max(1.6, min(3.2, 0.11 * T))  # inches per map
+    cell = max(3.0, 0.22 * T) if single else max(2.0, min(3.2, 0.11 * T))  # inches per map
     fig = _new_figure(cell * cols + 1.2, cell * rows + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False)
     labels = [token_label(t) for t in tokens]
+    short = max(len(label) for label in labels) <= 2  # characters stand upright under the map
     size = 9 if single else max(4, min(7, 180 / max(T, 1) / max(rows, cols) ** 0.5))
     image = None
     for r, layer in enumerate(layers):
@@ -172,7 +173,7 @@ def attention_maps(weights: torch.Tensor, tokens: list[str], path, layers=None, 
             ax = axes[r][c]
             image = ax.imshow(weights[layer, head].float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"layer {layer}, head {head}", fontsize=9)
-            ax.set_xticks(range(T), labels, fontsize=size, rotation=90)
+            ax.set_xticks(range(T), labels, fontsize=size, rotation=0 if short else 90)
             ax.set_yticks(range(T), labels, fontsize=size)
             ax.tick_params(length=0)
             if r == rows - 1:
@@ -256,7 +257,7 @@ def alternatives_chart(tokens: list[str], top_tokens: list[list[str]], top_probs
 
 
 def embedding_kind(token: str) -> str:
-    """'a' -> 'vowel', 'T' -> 'capital', '7' -> 'digit', '?' -> 'punctuation', '\\n' -> 'space'; longer tokens 'word'."""
+    """'a' -> 'vowel', 'T' -> 'capital', '7' -> 'digit', '?' -> 'punctuation', '\\n' -> 'space'; longer: 'word'."""
     if len(token) != 1:
         return "space" if token and not token.strip() else "word"
     if token.isspace():
@@ -294,7 +295,8 @@ def embeddings(weight: torch.Tensor, tokens: list[str], path, max_labels: int = 
         ax.scatter(xy[picked, 0], xy[picked, 1], s=12, color=color, label=kind, alpha=0.8)
         for i in picked:
             if i < max_labels:
-                ax.annotate(token_label(tokens[i]), (xy[i, 0], xy[i, 1]), fontsize=8, color=color,
+                ax.annotate(token_label(tokens[i]), (xy[i, 0], xy[i, 1]), fontsize=11 if len(tokens) <= 128 else 7,
+                            color=color,
                             xytext=(3, 2), textcoords="offset points")
     ax.set(xlabel=f"first principal component ({share[0]:.0%} of the variance)",
            ylabel=f"second principal component ({share[1]:.0%})",
