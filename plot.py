@@ -19,13 +19,13 @@ Read next: classify.py.
 """
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from config import UserError, run_main
+from preflight import check_writable_dir
 
 DPI = 90  # small files (the README's pictures are 30-120 KB) that still read well on a screen
 
@@ -39,22 +39,12 @@ def token_label(token: str) -> str:
     return "".join(shown.get(c) or (c if c.isprintable() else repr(c)[1:-1]) for c in token) or "∅"
 
 
-def check_output(path) -> Path:
-    """Refuse, before any work, a PNG path that cannot be written: its folder is a file, or cannot be made."""
+def check_output(path, setting: str = "picture") -> Path:
+    """Refuse, before any work, a PNG path that cannot be written: a folder, or a folder that cannot take files."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory; give a file name such as {path / 'picture.png'}")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"cannot write {path}: {parent} is a file, not a directory")
-        if parent.exists():
-            break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"cannot write {path}: {path.parent} is not writable")
+        raise UserError(f"the {setting} {path} is a folder; give a file name such as {path / 'picture.png'}")
+    check_writable_dir(path.parent, f"the {setting}'s folder", "write it somewhere else")
     return path
 
 
@@ -67,6 +57,7 @@ def _new_figure(width: float, height: float):
 def _save(fig, path):
     path = check_output(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=DPI)
     except (OSError, ValueError) as e:  # ValueError: a suffix matplotlib has no format for (.pngx)
         raise UserError(f"cannot write {path}: {e}") from None
@@ -329,7 +320,7 @@ def main(argv=None):
             raise UserError("give either --embeddings CHECKPOINT PNG or training runs, not both")
         source, target = args.embeddings
         check_output(target)
-        state = load_checkpoint(source)
+        state = load_checkpoint(source, required=("model", "tokenizer"))
         from tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_json(state["tokenizer"], source="the checkpoint's tokenizer")
@@ -342,11 +333,12 @@ def main(argv=None):
     check_output(args.out)
     histories, configs = {}, {}
     for run in args.runs:
-        state = load_checkpoint(Path(run) / "model_checkpoint.tar" if Path(run).is_dir() else run)
+        state = load_checkpoint(Path(run) / "model_checkpoint.tar" if Path(run).is_dir() else run,
+                                required=("model_config",))
         if not state.get("history"):
             raise UserError(f"{run} has no evaluation history (a checkpoint written before plot.py existed, or "
                             f"before its first evaluation); resume it to start one")
-        histories[run], configs[run] = state["history"], {**state["model_config"], **state["train_config"]}
+        histories[run], configs[run] = state["history"], {**state["model_config"], **state.get("train_config", {})}
     labels = run_labels(configs)
     if len(set(labels.values())) < len(labels):  # identical settings: tell them apart by folder
         labels = {run: f"{run} ({label})" for run, label in labels.items()}

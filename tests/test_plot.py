@@ -275,9 +275,9 @@ def test_runs_with_different_tokenizers_are_compared_in_bits_per_character(tmp_p
     (["--attention_map=MAP", "--prompt=" + "It is the east. " * 2], "prompt is 32 tokens, longer than the model's "
                                                                      "context of 16"),
     (["--attention_map=MAP", "--prompt="], "--attention_map draws the prompt's attention: give one with --prompt"),
-    (["--attention_map=FILE/attn.png"], "cannot write FILE/attn.png: FILE is a file, not a directory"),
-    (["--plot=FILE/sub/probs.png", "--show_probs"], "FILE is a file, not a directory"),
-    (["--plot=DIR", "--show_probs"], "is a directory; give a file name"),
+    (["--attention_map=FILE/attn.png"], "the picture's folder FILE is a file, not a folder"),
+    (["--plot=FILE/sub/probs.png", "--show_probs"], "FILE/sub cannot be made: its parent FILE is a file"),
+    (["--plot=DIR", "--show_probs"], "is a folder; give a file name"),
     (["--plot=p.png"], "--plot draws the probabilities: add --show_probs or --top_alternatives N"),
     (["--plot=p.png", "--show_probs", "--num_samples=2"], "--plot draws one sample; drop --num_samples=2"),
 ])
@@ -293,7 +293,7 @@ def test_generate_bad_pictures_are_one_clear_line(capsys, ckpt, tmp_path, flags,
 
 def test_plot_bad_inputs_are_one_clear_line(capsys, ckpt, tmp_path):
     (tmp_path / "FILE").write_text("a regular file")
-    assert "is a file, not a directory" in cli_error(capsys, plot.main, "--embeddings", str(ckpt),
+    assert "is a file, not a folder" in cli_error(capsys, plot.main, "--embeddings", str(ckpt),
                                                      str(tmp_path / "FILE" / "emb.png"))
     assert "no checkpoint at" in cli_error(capsys, plot.main, "--embeddings", str(tmp_path / "no.tar"),
                                            str(tmp_path / "e.png"))
