@@ -266,8 +266,6 @@ def main(argv=None):
                 (progress.write if progress else print)(message + (" (best so far)" if improved else ""))
                 history.append({"step": step, "tokens": step * tokens_per_step, "train": losses["train"],
                                 "val": losses["val"], "bpc": bpc, "lr": lr})
-                plot.training_curves({out_dir: history}, os.path.join(out_dir, "curves.png"),
-                                     [learning_rate(s, train_cfg) for s in range(train_cfg.max_iters)])
                 if logger:
                     logger.log({"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
                                 "eval/val_bits_per_char": bpc}, step)
@@ -277,6 +275,9 @@ def main(argv=None):
         if dist.is_main and (step % train_cfg.checkpoint_interval == 0 or last):
             write_checkpoint("model_checkpoint.tar")
             saved_step = step
+        if dist.is_main and history and history[-1]["step"] == step:  # after the writes: a failed one draws nothing
+            plot.training_curves({out_dir: history}, os.path.join(out_dir, "curves.png"),
+                                 [learning_rate(s, train_cfg) for s in range(train_cfg.max_iters)])
     if progress:
         progress.close()
     if dist.is_main:

@@ -48,7 +48,7 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def finished_run(corpus, tmp_path):
-    """out_dir of a finished 10-step run: model_checkpoint.tar and best_checkpoint.tar."""
+    """out_dir of a finished 10-step run: model_checkpoint.tar, best_checkpoint.tar and curves.png (plot.py)."""
     out = tmp_path / "run"
     playground.main([corpus, f"--out_dir={out}", *TINY, "--max_iters=10", "--eval_interval=5"])
     return out
@@ -85,7 +85,7 @@ def test_a_fresh_run_never_replaces_an_earlier_runs_checkpoints(capsys, corpus, 
     playground.main([corpus, f"--out_dir={finished_run}", *TINY, "--max_iters=2", "--eval_interval=100",
                      "--overwrite"])
     assert "deleted the earlier run's" in capsys.readouterr().out
-    assert set(hashes(finished_run)) == {"model_checkpoint.tar", "best_checkpoint.tar"}
+    assert set(hashes(finished_run)) == {"model_checkpoint.tar", "best_checkpoint.tar", "curves.png"}
     assert checkpoint.load_checkpoint(finished_run / "model_checkpoint.tar")["step"] == 2
     assert checkpoint.load_checkpoint(finished_run / "best_checkpoint.tar")["step"] == 2  # the old best is gone
     playground.main([corpus, f"--out_dir={finished_run}", *TINY, "--max_iters=3", "--resume"])  # resumes, no delete
@@ -196,7 +196,7 @@ def test_ctrl_c_inside_torch_save_is_interrupted_exit_130_and_the_checkpoint_loa
                                           "--checkpoint_interval=1"], code=130)
     assert err == "interrupted"
     monkeypatch.undo()
-    assert set(hashes(finished_run)) == {"model_checkpoint.tar", "best_checkpoint.tar"}  # no temporary file
+    assert set(hashes(finished_run)) == {"model_checkpoint.tar", "best_checkpoint.tar", "curves.png"}  # no temp file
     assert checkpoint.load_checkpoint(finished_run / "model_checkpoint.tar")["step"] == 11  # the write completed
 
 
