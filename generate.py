@@ -245,7 +245,7 @@ def draw_attention(model, tokenizer, prompt_ids: list[int], cfg: GenerateConfig)
         raise UserError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {c.block_size}; "
                         f"shorten it (a map of {c.block_size} x {c.block_size} would be unreadable anyway)")
     idx = torch.tensor([prompt_ids], device=model.tok_emb.weight.device)  # (1, T)
-    weights = model.attention_maps(idx)[:, 0]  # (N, H, T, T)
+    weights = model.attention_maps(idx)[:, 0]  # (num_of_layers, H, T, T)
     layers = None if cfg.layer is None else [cfg.layer]
     heads = None if cfg.head is None else [cfg.head]
     tokens = [tokenizer.token_str(t) for t in prompt_ids]

@@ -127,8 +127,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, idx):
-        """idx: (B, T) -> (N, B, H, T, T): every block's attention weights for this input, as the forward computes
-        them in eval mode (each from its block's LayerNorm'd input). The forward is untouched; plot.py draws these."""
+        """idx: (B, T) -> (num_of_layers, B, H, T, T): every block's attention weights for this input, as the forward
+        computes them in eval mode (each from its block's LayerNorm'd input). The forward is untouched; plot.py draws
+        these."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
@@ -137,7 +138,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             maps.append(block.attn.attention_weights(block.ln_1(x)))  # (B, H, T, T)
             x = block(x)  # (B, T, C)
-        return torch.stack(maps)  # (N, B, H, T, T)
+        return torch.stack(maps)  # (num_of_layers, B, H, T, T)
 
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.99)):
         """AdamW with decay on weight matrices only (GPT-1 section 4.1: L2 on "all non bias or gain weights").

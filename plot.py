@@ -14,8 +14,8 @@ Every function builds a matplotlib `Figure` directly, never through pyplot, and 
 never a window, no display needed. matplotlib is imported inside the functions, so `import plot` (and a training run
 that draws no curve) costs nothing. Each function returns the Figure it saved, which the tests read back.
 
-Shape letters: N layers, H heads, T tokens of the prompt, V vocab size, C embedding_dim.
-Read next: classify.py.
+Shapes in the README's letters (H heads, T prompt tokens, V vocab size, C embedding_dim); layers are spelled out.
+Read next: gpt2.py.
 """
 import argparse
 import math
@@ -143,8 +143,8 @@ def run_labels(configs: dict[str, dict]) -> dict[str, str]:
 def attention_maps(weights: torch.Tensor, tokens: list[str], path, layers=None, heads=None):
     """A grid of heatmaps, layers down and heads across, of one prompt's attention weights.
 
-    weights: (N, H, T, T) from GPT.attention_maps for one prompt; row i of a map is where query token i looks (each
-    row sums to 1, and the upper triangle is empty: a GPT sees only the past). tokens: the T token strings.
+    weights: (num_of_layers, H, T, T) from GPT.attention_maps for one prompt; row i of a map is where query token i
+    looks (each row sums to 1, and the upper triangle is empty: a GPT sees only the past). tokens: the T token strings.
     layers, heads: which ones to draw (all by default); one layer and one head give one large map.
     """
     layers = range(weights.size(0)) if layers is None else layers
