@@ -80,5 +80,7 @@ def test_a_bad_corpus_gives_every_process_the_same_line(tmp_path):
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "SCRATCHGPT_CACHE": str(tmp_path / "c")})
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-        assert len(lines) == 2 and lines[0] == lines[1] and message in lines[0], result.stderr[-3000:]
+        # Both ranks fail with this line; once the first has exited, torchrun may stop the other before it prints
+        # (on a busy machine it often does), so every line printed must be this one, and there is at least one.
+        assert 1 <= len(lines) <= 2 and len(set(lines)) == 1 and message in lines[0], result.stderr[-3000:]
         assert "gloo" not in result.stderr.lower() and "ProcessGroup" not in result.stderr
