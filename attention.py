@@ -13,8 +13,9 @@ Three pieces:
   padding mask, and a key/value cache so that generating one more token costs one position, not the whole context.
 
 Shape letters used in the comments:
-    B batch, H heads, L query length, S key length, E query/key size, Ev value size, N batch dims flattened (B * H),
-    T time (tokens in the input), C channels (embedding_dim), D head size (C // H).
+    B batch, H heads, L query length, S key length, D query/key size (the head size, C // H), Dv value size,
+    BH the batch dimensions flattened (B * H), T time (tokens in the input), C channels (embedding_dim).
+    (The README's alphabet, used across the project.)
 
 Read next: flash_attention.py, the same attention in O(T) memory (FlashAttention-2); then gpt.py, which stacks this
 into a GPT.
@@ -78,7 +79,7 @@ def _combine_masks(attn_mask, is_causal, L, S, device):
 
 def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
     """softmax(q k^T * scale + mask): how much each query attends to each key; rows sum to 1 (0 for a fully masked
-    row). q: (..., L, E), k: (..., S, E) -> (..., L, S). The pictures of plot.attention_maps are these."""
+    row). q: (..., L, D), k: (..., S, D) -> (..., L, S). The pictures of plot.attention_maps are these."""
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale  # the paper's 1/sqrt(d_k) (eq. 1)
     mask, empty_rows = _combine_masks(attn_mask, is_causal, q.size(-2), k.size(-2), q.device)
     att = (q * scale) @ k.transpose(-2, -1)  # (..., L, S), the score of every query against every key
@@ -97,19 +98,19 @@ def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     att = attention_weights(q, k, attn_mask, is_causal, scale)  # (..., L, S)
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)  # (..., L, S), drops whole attention links; survivors scaled by 1/(1-p)
-    return att @ v  # (..., L, Ev), a weighted average of the values
+    return att @ v  # (..., L, Dv), a weighted average of the values
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     """softmax(q k^T * scale + mask) v, matching torch.nn.functional.scaled_dot_product_attention.
 
-    q: (..., L, E), k: (..., S, E), v: (..., S, Ev) -> (..., L, Ev). The leading dimensions broadcast.
+    q: (..., L, D), k: (..., S, D), v: (..., S, Dv) -> (..., L, Dv). The leading dimensions broadcast.
     attn_mask: boolean (True = may attend) or float (added to the scores), broadcastable to (..., L, S).
     is_causal: query i attends to keys 0..i. Like torch, the mask is aligned top-left when L != S (query i sees keys
         0..i even if there are more keys than queries). Given together with attn_mask, both must allow a key
         (torch 2.13's fused CPU kernel does the same; its math fallback, taken with dropout or a value size that
         differs from the query size, raises an error instead).
-    scale: defaults to 1/sqrt(E), the paper's 1/sqrt(d_k) (eq. 1).
+    scale: defaults to 1/sqrt(D), the paper's 1/sqrt(d_k) (eq. 1).
     A query whose keys are all masked gets an output of zeros (torch does the same), not NaN.
 
     The common case (no dropout, a mask that needs no gradient, q, k and v with the same leading dimensions) takes the
@@ -120,7 +121,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if q.size(-2) == 1 and attn_mask is None and not is_causal and dropout_p == 0.0 and not torch.is_grad_enabled():
         # One query, nothing to mask, no backward (generation's decode step): blocks and saved tensors buy nothing,
         # and eq. 1's three products are all there is to do.
-        return attention_reference(q, k, v, scale=scale)  # (..., 1, Ev)
+        return attention_reference(q, k, v, scale=scale)  # (..., 1, Dv)
     fast = dropout_p == 0.0 and k.shape[:-2] == batch and v.shape[:-2] == batch
     if attn_mask is not None:  # the mask must not need a gradient, nor add batch dimensions to the output
         fast = fast and not attn_mask.requires_grad and torch.broadcast_shapes(attn_mask.shape[:-2], batch) == batch
@@ -147,7 +148,7 @@ def _causal_bias(L: int, S: int, device: torch.device, dtype: torch.dtype) -> to
 def _scaled_bmm(x, y, scale):
     """scale * (x @ y) for batches of matrices, scaled inside the product at no cost: baddbmm computes
     beta * input + alpha * (x @ y), and beta=0 ignores the input (any tensor that broadcasts will do)."""
-    return torch.baddbmm(x.new_empty(()), x, y, beta=0.0, alpha=scale)  # (N, n, m)
+    return torch.baddbmm(x.new_empty(()), x, y, beta=0.0, alpha=scale)  # (BH, n, m)
 
 
 def _rows(mask, a, b, e):
@@ -165,7 +166,7 @@ class _Attention(torch.autograd.Function):
         dV = P^T dO                      dP = dO V^T
         dZ = P * (dP - rowsum(dP * P))   the softmax backward, done in place in the buffer of dP
         dQ = scale dZ K                  dK = scale dZ^T Q
-    rowsum(dP * P) = rowsum(dO * O), which costs L x Ev numbers instead of L x S (FlashAttention, Dao et al. 2022,
+    rowsum(dP * P) = rowsum(dO * O), which costs L x Dv numbers instead of L x S (FlashAttention, Dao et al. 2022,
     section 3.1 / appendix B.2). Against autograd on attention_reference this skips the (L x S) buffers of the masked
     scores, of the softmax gradient and of the masking's gradient: fewer passes over the largest tensors there are.
     The mask arrives as an additive bias (0 or -inf), added in place. Only first derivatives: the reference path is
@@ -174,13 +175,13 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, empty_rows, causal, scale):
-        *batch, L, E = q.shape
-        S, Ev = k.size(-2), v.size(-1)
+        *batch, L, D = q.shape
+        S, Dv = k.size(-2), v.size(-1)
         ctx.shapes = q.shape, k.shape, v.shape
         # Flatten the batch dimensions so that every product is one batched matmul (bmm) of contiguous matrices.
-        q = q.reshape(-1, L, E)  # (N, L, E)
-        k = k.reshape(-1, S, E)  # (N, S, E)
-        v = v.reshape(-1, S, Ev)  # (N, S, Ev)
+        q = q.reshape(-1, L, D)  # (BH, L, D)
+        k = k.reshape(-1, S, D)  # (BH, S, D)
+        v = v.reshape(-1, S, Dv)  # (BH, S, Dv)
         rows = BLOCK_ROWS if causal else L
         probs, outs = [], []
         for a in range(0, L, rows):
@@ -188,43 +189,43 @@ class _Attention(torch.autograd.Function):
             # Causal: queries a..b-1 attend to no key after b-1. The last block takes every key (the bias masks any
             # it may not see), so that its gradients cover all of dK and dV.
             e = min(b, S) if causal and b < L else S
-            att = _scaled_bmm(q[:, a:b], k[:, :e].transpose(1, 2), scale)  # (N, b - a, e), scale q k^T (eq. 1)
+            att = _scaled_bmm(q[:, a:b], k[:, :e].transpose(1, 2), scale)  # (BH, b - a, e), scale q k^T (eq. 1)
             if bias is not None:
                 att.view(*batch, b - a, e).add_(_rows(bias, a, b, e))  # in place, broadcast over the batch dims
-            torch.softmax(att, dim=-1, out=att)  # (N, b - a, e), in place: each row is read before it is written
+            torch.softmax(att, dim=-1, out=att)  # (BH, b - a, e), in place: each row is read before it is written
             if empty_rows is not None:
                 att.view(*batch, b - a, e).masked_fill_(_rows(empty_rows, a, b, 1), 0.0)
             # A fresh output per block, then one cat: bmm into a strided slice of `out` would go one matrix at a time.
-            outs.append(torch.bmm(att, v[:, :e]))  # (N, b - a, Ev), O = P V for these rows
+            outs.append(torch.bmm(att, v[:, :e]))  # (BH, b - a, Dv), O = P V for these rows
             probs.append(att)
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (N, L, Ev)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (BH, L, Dv)
         ctx.save_for_backward(q, k, v, out, *probs)
         ctx.scale, ctx.rows = scale, rows
-        return out.view(*batch, L, Ev)  # (..., L, Ev)
+        return out.view(*batch, L, Dv)  # (..., L, Dv)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
         q, k, v, out, *probs = ctx.saved_tensors
         scale, rows = ctx.scale, ctx.rows
-        dout = dout.reshape(out.shape)  # (N, L, Ev)
-        delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
+        dout = dout.reshape(out.shape)  # (BH, L, Dv)
+        delta = (dout * out).sum(dim=-1, keepdim=True)  # (BH, L, 1), rowsum(dO * O) = rowsum(dP * P)
         dqs, dk, dv = [], None, None
         # Largest block (the last) first: each later, smaller dP then fits in the memory the previous one freed, which
         # saves page faults on fresh memory.
         for a, att in reversed(list(zip(range(0, q.size(1), rows), probs))):
             b, e = a + att.size(1), att.size(2)
-            dv_part = torch.bmm(att.transpose(1, 2), dout[:, a:b])  # (N, e, Ev), P^T dO
-            dz = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (N, b - a, e), dP = dO V^T
-            dz.sub_(delta[:, a:b]).mul_(att)  # (N, b - a, e), now dZ; masked keys have P = 0, so dZ = 0 there
-            dqs.insert(0, _scaled_bmm(dz, k[:, :e], scale))  # (N, b - a, E), scale dZ K
-            dk_part = _scaled_bmm(dz.transpose(1, 2), q[:, a:b], scale)  # (N, e, E), scale dZ^T Q
+            dv_part = torch.bmm(att.transpose(1, 2), dout[:, a:b])  # (BH, e, Dv), P^T dO
+            dz = torch.bmm(dout[:, a:b], v[:, :e].transpose(1, 2))  # (BH, b - a, e), dP = dO V^T
+            dz.sub_(delta[:, a:b]).mul_(att)  # (BH, b - a, e), now dZ; masked keys have P = 0, so dZ = 0 there
+            dqs.insert(0, _scaled_bmm(dz, k[:, :e], scale))  # (BH, b - a, D), scale dZ K
+            dk_part = _scaled_bmm(dz.transpose(1, 2), q[:, a:b], scale)  # (BH, e, D), scale dZ^T Q
             if dk is None:  # the last block saw every key: its parts start the sums
-                dk, dv = dk_part, dv_part  # (N, S, E), (N, S, Ev)
+                dk, dv = dk_part, dv_part  # (BH, S, D), (BH, S, Dv)
             else:  # earlier blocks add to the keys they saw
                 dk[:, :e] += dk_part
                 dv[:, :e] += dv_part
-        dq = torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]  # (N, L, E)
+        dq = torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]  # (BH, L, D)
         q_shape, k_shape, v_shape = ctx.shapes
         return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape), None, None, None, None
 

@@ -23,8 +23,8 @@ accumulators included, runs in float32 with autocast off; the output is cast bac
 Dropout is not implemented (it would need each block's random mask regenerated in the backward):
 MultiHeadAttention routes training with dropout > 0 to the manual path, which keeps O(T^2) memory.
 
-Shape letters as in attention.py: N batch dims flattened (B * H), L query length, S key length, E query/key size,
-Ev value size; bq and bk are the lengths of one block of queries and one block of keys.
+Shape letters as in attention.py: BH batch dims flattened (B * H), L query length, S key length, D query/key size,
+Dv value size; bq and bk are the lengths of one block of queries and one block of keys.
 tests/test_flash_attention.py proves this equal to torch's scaled_dot_product_attention, values and gradients.
 Read next: gpt.py (attention.py's MultiHeadAttention calls this with attention_backend="flash").
 """
@@ -45,20 +45,20 @@ BLOCK_K = 256
 def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, block_q=BLOCK_Q, block_k=BLOCK_K):
     """softmax(q k^T * scale + mask) v, in blocks, matching torch.nn.functional.scaled_dot_product_attention.
 
-    q: (..., L, E), k: (..., S, E), v: (..., S, Ev) -> (..., L, Ev), with the same leading dimensions.
+    q: (..., L, D), k: (..., S, D), v: (..., S, Dv) -> (..., L, Dv), with the same leading dimensions.
     attn_mask: None or a key mask, broadcastable to (..., 1, S): boolean (True = may attend, e.g. not padding) or
         float (added to every query's scores). A mask per query would be L x S numbers, which this function exists
         to avoid; use attention.scaled_dot_product_attention for those.
     is_causal: query i attends to keys 0..i (aligned top-left like torch's); ANDed with attn_mask when both are given.
-    scale: defaults to 1/sqrt(E), the 1/sqrt(d_k) of Vaswani et al. eq. 1.
+    scale: defaults to 1/sqrt(D), the 1/sqrt(d_k) of Vaswani et al. eq. 1.
     A query whose keys are all masked gets an output of zeros and zero gradients, as in attention.py, not NaN.
     """
-    *batch, L, E = q.shape
-    S, Ev = k.size(-2), v.size(-1)
+    *batch, L, D = q.shape
+    S, Dv = k.size(-2), v.size(-1)
     if k.shape[:-2] != q.shape[:-2] or v.shape[:-2] != q.shape[:-2]:
         raise ValueError(f"flash_attention needs q, k, v with the same leading dimensions, got {q.shape[:-2]}, "
                          f"{k.shape[:-2]}, {v.shape[:-2]}")
-    scale = 1.0 / math.sqrt(E) if scale is None else scale  # the paper's 1/sqrt(d_k) (eq. 1)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale  # the paper's 1/sqrt(d_k) (eq. 1)
     dtype = q.dtype
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # float32 accumulators
     bias = None
@@ -73,12 +73,12 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, block_
             bias.masked_fill_(~attn_mask, float("-inf"))  # -inf, never a finite stand-in: exp(-inf) = 0
         else:
             bias = attn_mask.to(compute)  # (..., 1, S)
-        bias = bias.expand(*batch, 1, S).reshape(-1, 1, S)  # (N, 1, S)
-    q = q.to(compute).reshape(-1, L, E)  # (N, L, E), a view when q is contiguous already
-    k = k.to(compute).reshape(-1, S, E)  # (N, S, E)
-    v = v.to(compute).reshape(-1, S, Ev)  # (N, S, Ev)
-    out = _FlashAttention.apply(q, k, v, bias, is_causal, scale, block_q, block_k)  # (N, L, Ev)
-    return out.view(*batch, L, Ev).to(dtype)  # (..., L, Ev)
+        bias = bias.expand(*batch, 1, S).reshape(-1, 1, S)  # (BH, 1, S)
+    q = q.to(compute).reshape(-1, L, D)  # (BH, L, D), a view when q is contiguous already
+    k = k.to(compute).reshape(-1, S, D)  # (BH, S, D)
+    v = v.to(compute).reshape(-1, S, Dv)  # (BH, S, Dv)
+    out = _FlashAttention.apply(q, k, v, bias, is_causal, scale, block_q, block_k)  # (BH, L, Dv)
+    return out.view(*batch, L, Dv).to(dtype)  # (..., L, Dv)
 
 
 @lru_cache(maxsize=64)
@@ -93,12 +93,12 @@ def _causal_block_bias(rows: int, cols: int, offset: int, dtype: torch.dtype, de
 
 def _scores(q, k, bias, causal, scale, a, j0):
     """One block's scores: scale q k^T (eq. 1), plus the key mask, plus the causal mask on a diagonal block."""
-    s = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)  # (N, bq, bk)
+    s = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)  # (BH, bq, bk)
     bq, bk = s.shape[1:]
     if bias is not None:
-        s.add_(bias[:, :, j0:j0 + bk])  # (N, bq, bk), broadcast over the queries
+        s.add_(bias[:, :, j0:j0 + bk])  # (BH, bq, bk), broadcast over the queries
     if causal and j0 + bk - 1 > a:  # some key of the block is after some query of it
-        s.add_(_causal_block_bias(bq, bk, a - j0, s.dtype, s.device))  # (N, bq, bk)
+        s.add_(_causal_block_bias(bq, bk, a - j0, s.dtype, s.device))  # (BH, bq, bk)
     return s
 
 
@@ -106,9 +106,9 @@ def _add_product(acc, x, y, alpha=1.0):
     """acc += alpha x @ y, in place. baddbmm_ into a tensor that is not contiguous (a slice of the keys of a block)
     runs one matrix at a time; there a fresh product and an add are faster."""
     if acc.is_contiguous():
-        acc.baddbmm_(x, y, alpha=alpha)  # (N, n, m)
+        acc.baddbmm_(x, y, alpha=alpha)  # (BH, n, m)
     else:
-        acc.add_(torch.bmm(x, y), alpha=alpha)  # (N, n, m)
+        acc.add_(torch.bmm(x, y), alpha=alpha)  # (BH, n, m)
 
 
 def _key_end(causal, b, S):
@@ -119,40 +119,40 @@ def _key_end(causal, b, S):
 class _FlashAttention(torch.autograd.Function):
     """The blockwise forward (online softmax) and backward (recomputation) of FlashAttention-2, algorithm 2.
 
-    Inputs are flattened to (N, ., .) and contiguous; bias is None or an (N, 1, S) additive key mask.
-    Saved for the backward: q, k, v, O and L (N, L, 1); nothing of size L x S.
+    Inputs are flattened to (BH, ., .) and contiguous; bias is None or an (BH, 1, S) additive key mask.
+    Saved for the backward: q, k, v, O and L (BH, L, 1); nothing of size L x S.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, bias, causal, scale, block_q, block_k):
-        N, L, _ = q.shape
-        S, Ev = k.size(1), v.size(2)
-        out = q.new_empty(N, L, Ev)  # (N, L, Ev)
-        lse = q.new_empty(N, L, 1)  # (N, L, 1), L = m + log l for every query
+        BH, L, _ = q.shape
+        S, Dv = k.size(1), v.size(2)
+        out = q.new_empty(BH, L, Dv)  # (BH, L, Dv)
+        lse = q.new_empty(BH, L, 1)  # (BH, L, 1), L = m + log l for every query
         with torch.autocast(q.device.type, enabled=False):
             for a in range(0, L, block_q):
                 b = min(a + block_q, L)
-                q_blk = q[:, a:b]  # (N, bq, E)
-                m = q.new_full((N, b - a, 1), float("-inf"))  # (N, bq, 1), running max of the scores
-                l = q.new_zeros(N, b - a, 1)  # (N, bq, 1), running sum of exp(s - m)
-                acc = q.new_zeros(N, b - a, Ev)  # (N, bq, Ev), running sum of exp(s - m) v
+                q_blk = q[:, a:b]  # (BH, bq, D)
+                m = q.new_full((BH, b - a, 1), float("-inf"))  # (BH, bq, 1), running max of the scores
+                l = q.new_zeros(BH, b - a, 1)  # (BH, bq, 1), running sum of exp(s - m)
+                acc = q.new_zeros(BH, b - a, Dv)  # (BH, bq, Dv), running sum of exp(s - m) v
                 for j0 in range(0, _key_end(causal, b, S), block_k):  # causal: blocks above the diagonal skipped
                     j1 = min(j0 + block_k, _key_end(causal, b, S))
-                    s = _scores(q_blk, k[:, j0:j1], bias, causal, scale, a, j0)  # (N, bq, bk)
-                    m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (N, bq, 1), m' = max(m, rowmax(s'))
+                    s = _scores(q_blk, k[:, j0:j1], bias, causal, scale, a, j0)  # (BH, bq, bk)
+                    m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (BH, bq, 1), m' = max(m, rowmax(s'))
                     if bias is not None:  # a row with every key so far masked has m' = -inf: use 0 so exp gives 0
-                        m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)  # (N, bq, 1), not NaN
-                    p = s.sub_(m_new).exp_()  # (N, bq, bk), exp(s' - m'), in place
-                    rescale = torch.exp(m - m_new)  # (N, bq, 1), exp(m - m')
+                        m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)  # (BH, bq, 1), not NaN
+                    p = s.sub_(m_new).exp_()  # (BH, bq, bk), exp(s' - m'), in place
+                    rescale = torch.exp(m - m_new)  # (BH, bq, 1), exp(m - m')
                     l.mul_(rescale).add_(p.sum(dim=-1, keepdim=True))  # l' = exp(m - m') l + rowsum(exp(s' - m'))
                     acc.mul_(rescale).baddbmm_(p, v[:, j0:j1])  # acc' = exp(m - m') acc + exp(s' - m') V'
                     m = m_new
                 if bias is not None:  # rows with no key at all: l = 0, acc = 0; output 0, and L = +inf makes P = 0
-                    empty = l == 0  # (N, bq, 1)
+                    empty = l == 0  # (BH, bq, 1)
                     l.masked_fill_(empty, 1.0)
-                    m = m.masked_fill(empty, float("inf"))  # (N, bq, 1)
-                out[:, a:b] = acc / l  # (N, bq, Ev), O = acc / l = softmax(s) V
-                lse[:, a:b] = m + torch.log(l)  # (N, bq, 1), L = m + log l
+                    m = m.masked_fill(empty, float("inf"))  # (BH, bq, 1)
+                out[:, a:b] = acc / l  # (BH, bq, Dv), O = acc / l = softmax(s) V
+                lse[:, a:b] = m + torch.log(l)  # (BH, bq, 1), L = m + log l
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.bias, ctx.causal, ctx.scale, ctx.blocks = bias, causal, scale, (block_q, block_k)
         return out
@@ -163,31 +163,31 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         bias, causal, scale, (block_q, block_k) = ctx.bias, ctx.causal, ctx.scale, ctx.blocks
         L, S = q.size(1), k.size(1)
-        dout = dout.contiguous()  # (N, L, Ev)
+        dout = dout.contiguous()  # (BH, L, Dv)
         with torch.autocast(q.device.type, enabled=False):
-            delta = (dout * out).sum(dim=-1, keepdim=True)  # (N, L, 1), rowsum(dO * O) = rowsum(dP * P)
+            delta = (dout * out).sum(dim=-1, keepdim=True)  # (BH, L, 1), rowsum(dO * O) = rowsum(dP * P)
             # dQ of each query block gets a contiguous accumulator of its own (an in-place baddbmm_ into a slice of
-            # one (N, L, E) tensor would go one matrix at a time), and one cat at the end.
-            N, E = q.size(0), q.size(2)
-            dqs = [q.new_zeros(N, min(block_q, L - a), E) for a in range(0, L, block_q)]  # (N, bq, E) each
-            dk = torch.empty_like(k)  # (N, S, E)
-            dv = torch.empty_like(v)  # (N, S, Ev)
+            # one (BH, L, D) tensor would go one matrix at a time), and one cat at the end.
+            BH, D = q.size(0), q.size(2)
+            dqs = [q.new_zeros(BH, min(block_q, L - a), D) for a in range(0, L, block_q)]  # (BH, bq, D) each
+            dk = torch.empty_like(k)  # (BH, S, D)
+            dv = torch.empty_like(v)  # (BH, S, Dv)
             for j0 in range(0, S, block_k):  # outer loop over key blocks: dK_j, dV_j stay local (algorithm 2)
                 j1 = min(j0 + block_k, S)
-                k_blk, v_blk = k[:, j0:j1], v[:, j0:j1]  # (N, bk, E), (N, bk, Ev)
-                dk_blk, dv_blk = k.new_zeros(k_blk.shape), v.new_zeros(v_blk.shape)  # (N, bk, E), (N, bk, Ev)
+                k_blk, v_blk = k[:, j0:j1], v[:, j0:j1]  # (BH, bk, D), (BH, bk, Dv)
+                dk_blk, dv_blk = k.new_zeros(k_blk.shape), v.new_zeros(v_blk.shape)  # (BH, bk, D), (BH, bk, Dv)
                 first = j0 // block_q if causal else 0  # causal: query blocks that end before key j0 see none of it
                 for i in range(first, len(dqs)):
                     a, b = i * block_q, min((i + 1) * block_q, L)
                     n = min(j1, b) - j0 if causal else j1 - j0  # causal: keys from b on are after every query
-                    k_n, v_n = k_blk[:, :n], v_blk[:, :n]  # (N, n, E), (N, n, Ev)
-                    s = _scores(q[:, a:b], k_n, bias, causal, scale, a, j0)  # (N, bq, n)
-                    p = s.sub_(lse[:, a:b]).exp_()  # (N, bq, n), P = exp(s - L), recomputed in place
-                    _add_product(dv_blk[:, :n], p.transpose(1, 2), dout[:, a:b])  # (N, n, Ev), dV += P^T dO
-                    dp = torch.bmm(dout[:, a:b], v_n.transpose(1, 2))  # (N, bq, n), dP = dO V^T
-                    ds = dp.sub_(delta[:, a:b]).mul_(p)  # (N, bq, n), dS = P * (dP - rowsum(dO * O)), in place
-                    dqs[i].baddbmm_(ds, k_n, alpha=scale)  # (N, bq, E), dQ += scale dS K
-                    _add_product(dk_blk[:, :n], ds.transpose(1, 2), q[:, a:b], scale)  # (N, n, E), dK += scale dS^T Q
+                    k_n, v_n = k_blk[:, :n], v_blk[:, :n]  # (BH, n, D), (BH, n, Dv)
+                    s = _scores(q[:, a:b], k_n, bias, causal, scale, a, j0)  # (BH, bq, n)
+                    p = s.sub_(lse[:, a:b]).exp_()  # (BH, bq, n), P = exp(s - L), recomputed in place
+                    _add_product(dv_blk[:, :n], p.transpose(1, 2), dout[:, a:b])  # (BH, n, Dv), dV += P^T dO
+                    dp = torch.bmm(dout[:, a:b], v_n.transpose(1, 2))  # (BH, bq, n), dP = dO V^T
+                    ds = dp.sub_(delta[:, a:b]).mul_(p)  # (BH, bq, n), dS = P * (dP - rowsum(dO * O)), in place
+                    dqs[i].baddbmm_(ds, k_n, alpha=scale)  # (BH, bq, D), dQ += scale dS K
+                    _add_product(dk_blk[:, :n], ds.transpose(1, 2), q[:, a:b], scale)  # (BH, n, D), dK += scale dS^T Q
                 dk[:, j0:j1], dv[:, j0:j1] = dk_blk, dv_blk
-            dq = torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]  # (N, L, E)
+            dq = torch.cat(dqs, dim=1) if len(dqs) > 1 else dqs[0]  # (BH, L, D)
         return dq, dk, dv, None, None, None, None, None

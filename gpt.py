@@ -1,6 +1,6 @@
 """The GPT: a stack of transformer blocks that predicts the next token (GPT-2, Radford et al. 2019).
 
-    tokens -> token embedding + position embedding -> N x Block -> LayerNorm -> logits over the vocabulary
+    tokens -> token embedding + position embedding -> num_of_layers x Block -> LayerNorm -> logits over the vocabulary
 
 Each Block is pre-LayerNorm (GPT-2 section 2.3 moved LayerNorm to the input of each sub-block):
 
@@ -12,7 +12,7 @@ Initialisation follows GPT-2: every Linear and Embedding weight ~ N(0, 0.02), bi
 projections that write into the residual stream drawn with std 0.02/sqrt(2 * num_of_layers) so the stream's variance
 does not grow with depth (GPT-2 section 2.3).
 
-Shape letters: B batch, T time (tokens), C embedding_dim, V vocab_size, N num_of_layers.
+Shape letters (the README's alphabet): B batch, T time (tokens), C embedding_dim, V vocab_size.
 Read next: playground.py, which trains this model.
 """
 import math
