@@ -160,13 +160,16 @@ def shakespeare_plays(genres: list[str]) -> list[tuple[str, str, list[str]]]:
 
 def named_plays(names: list[str]) -> list[tuple[str, str, list[str]]]:
     """(play, play, its non-empty lines) for each named play: the 'plays' demo, where the label is the play."""
-    by_name = {play: lines for _, play, lines in shakespeare_plays(sorted(p.name for p in data.plays_dir().iterdir()
-                                                                          if any(p.glob("*.md"))))}
-    unknown = [name for name in names if name not in by_name]
+    files = {path.stem: path for path in data.plays_dir().glob("*/*.md")}
+    unknown = [name for name in names if name not in files]
     if unknown or len(names) < 2:
-        raise UserError(f"--plays needs two or more of: {', '.join(sorted(by_name))}" +
+        raise UserError(f"--plays needs two or more of: {', '.join(sorted(files))}" +
                         (f" (no play {unknown[0]!r})" if unknown else ""))
-    return [(name, name, by_name[name]) for name in names]
+    plays = []
+    for name in names:
+        text = data.markdown_play_to_text(files[name].read_text(encoding="utf-8"))
+        plays.append((name, name, [line for line in text.splitlines() if line.strip()]))
+    return plays
 
 
 def shakespeare_passages(plays, max_chars: int, per_play: int, seed: int) -> list[Example]:

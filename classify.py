@@ -32,7 +32,6 @@ tests/test_classify.py.
 import csv
 import dataclasses
 import io
-import math
 import os
 import sys
 import time
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 
 import classifier_baselines as baselines
 import classifier_data as cd
+import classifier_finetune as finetune
 import classifier_report as report
 import data
 from checkpoint import (load_checkpoint, load_model, load_weights, model_config_from, model_from_checkpoint,
@@ -52,13 +52,11 @@ from checkpoint import (load_checkpoint, load_model, load_weights, model_config_
 from config import UserError, arg, check_numbers, load_config, run_main
 from device import autocast, resolve_device, resolve_dtype
 from gpt import GPT
-from playground import make_progress_bar
 from preflight import check_writable_dir
 from tokenizer import Tokenizer, TokenizerError
 
 FORMAT = "scratchgpt-classifier"
 REQUIRED = ("model", "model_config", "tokenizer", "classes", "pooling")  # what predict reads from classifier.tar
-WARMUP_FRACTION = 0.1  # of all steps: linear warmup, then linear decay to 0 (GPT-1 section 4.1 fine-tuning)
 
 
 class GPTClassifier(nn.Module):
@@ -255,124 +253,6 @@ def prepare_split(cfg: TrainClassifierConfig, tokenizer: Tokenizer, block_size: 
                  [val_ex[i].text for i in val_keep]), source
 
 
-def make_optimizer(model: GPTClassifier, cfg: TrainClassifierConfig) -> torch.optim.AdamW:
-    """AdamW, the head at learning_rate, the body at body_learning_rate; decay on matrices only (GPT-1 section 4.1)."""
-    body_lr = cfg.body_learning_rate or cfg.learning_rate / 3
-    groups = []
-    for module, lr in ((model.head, cfg.learning_rate), (model.gpt, body_lr)):
-        params = [p for p in module.parameters() if p.requires_grad]
-        groups.append({"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "peak_lr": lr})
-        groups.append({"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "peak_lr": lr})
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
-
-
-def lr_factor(step: int, total: int) -> float:
-    """Linear warmup over the first WARMUP_FRACTION of the steps, then linear decay to 0 (GPT-1 section 4.1)."""
-    warmup = max(1, int(total * WARMUP_FRACTION))
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator):
-    """Index lists of batch_size, forever: a fresh shuffle each pass over the n texts (an epoch)."""
-    while True:
-        order = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
-
-
-def train_step(model, optimizer, split: Split, chunk: list[int], cfg: TrainClassifierConfig, ctx, device):
-    """One optimizer step on the texts `chunk`: (classification loss L2, language-model loss L1) as numbers."""
-    idx, mask = cd.pad_batch([split.train_x[i] for i in chunk], device)  # (B, T), (B, T)
-    targets = torch.tensor([split.train_y[i] for i in chunk], device=device)  # (B,)
-    with ctx:
-        logits, lm_loss = model.logits_and_lm_loss(idx, mask)  # (B, K), a number
-        loss = F.cross_entropy(logits.float(), targets)
-        total = loss + cfg.lm_loss_weight * lm_loss  # GPT-1 section 3.2: L3 = L2 + lambda * L1
-    if not math.isfinite(total.item()):
-        raise UserError(f"loss became {total.item()}; try a lower --learning_rate (now {cfg.learning_rate:g}) "
-                        f"or --dtype=float32")
-    total.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item(), lm_loss.item()
-
-
-@torch.no_grad()
-def evaluate(model, sequences, labels, batch_size: int, ctx, device):
-    """Mean loss and predicted class ids (N,). Texts are batched by length (less padding); order does not matter."""
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    preds = torch.empty(len(sequences), dtype=torch.long)  # (N,)
-    total = 0.0
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        idx, mask = cd.pad_batch([sequences[i] for i in chunk], device)  # (B, T), (B, T)
-        with ctx:
-            logits = model(idx, mask).float()  # (B, K)
-        targets = torch.tensor([labels[i] for i in chunk], device=device)  # (B,)
-        total += F.cross_entropy(logits, targets, reduction="sum").item()
-        preds[chunk] = logits.argmax(dim=-1).cpu()
-    return total / len(sequences), preds
-
-
-def better(row: dict, best: dict) -> bool:
-    """Higher validation accuracy wins; at equal accuracy, lower validation loss."""
-    return (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
-
-
-def fine_tune(model, split: Split, probe: dict, cfg: TrainClassifierConfig, ctx, device, say, logger=None):
-    """Fine-tune everything for up to max_steps, evaluating every eval_interval steps; leave in `model` the weights of
-    the best evaluation, the probe (step 0) included. Returns (best evaluation, history of evaluations)."""
-    optimizer = make_optimizer(model, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    stream = batches(len(split.train_x), cfg.batch_size, generator)
-    best, best_state, history, waited = probe, copy_state(model), [], 0
-    sums, started = [0.0, 0.0, 0], time.perf_counter()
-    progress = make_progress_bar(0, cfg.max_steps, say is print)
-    for step in range(1, cfg.max_steps + 1):
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * lr_factor(step - 1, cfg.max_steps)
-        loss, lm_loss = train_step(model, optimizer, split, next(stream), cfg, ctx, device)
-        sums = [sums[0] + loss, sums[1] + lm_loss, sums[2] + 1]
-        if progress:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", lm_loss=f"{lm_loss:.3f}")
-        if step % cfg.eval_interval and step != cfg.max_steps:
-            continue
-        val_loss, preds = evaluate(model, split.val_x, split.val_y, cfg.batch_size, ctx, device)
-        row = {"step": step, "train_loss": sums[0] / sums[2], "lm_loss": sums[1] / sums[2], "val_loss": val_loss,
-               "val_accuracy": (preds == torch.tensor(split.val_y)).float().mean().item(), "val_preds": preds}
-        history.append(row)
-        sums, improved = [0.0, 0.0, 0], better(row, best)
-        if improved:
-            best, best_state, waited = row, copy_state(model), 0
-        else:
-            waited += 1
-        (progress.write if progress else say)(
-            f"step {step}/{cfg.max_steps}: train loss {row['train_loss']:.4f} (LM {row['lm_loss']:.3f}), val loss "
-            f"{val_loss:.4f}, val accuracy {row['val_accuracy']:.1%}, {time.perf_counter() - started:.0f}s"
-            + (" (best so far)" if improved else ""))
-        if logger:
-            logger.log({"train/loss": row["train_loss"], "train/lm_loss": row["lm_loss"], "val/loss": val_loss,
-                        "val/accuracy": row["val_accuracy"]}, step)
-        if cfg.patience and waited >= cfg.patience:
-            say(f"stopping early: {waited} evaluations without improvement (--patience={cfg.patience})")
-            break
-    if progress:
-        progress.close()
-    model.load_state_dict(best_state)
-    return best, history
-
-
-def copy_state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def run_probe(model, split: Split, cfg: TrainClassifierConfig, ctx, device) -> tuple[dict, float]:
     """Encode every text once with the frozen body, fit the head on the cached features; (its best eval, seconds)."""
     started = time.perf_counter()
@@ -409,7 +289,7 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
             f"steps of {cfg.batch_size} texts ({cfg.max_steps * cfg.batch_size / len(split.train_x):.1f} epochs), "
             f"auxiliary LM loss weight {cfg.lm_loss_weight:g}, device {device}, dtype {str(dtype)[6:]}")
         logger = report.make_wandb(cfg, gpt.config) if cfg.wandb else None
-        best, history = fine_tune(model, split, probe, cfg, ctx, device, say, logger)
+        best, history = finetune.fine_tune(model, split, probe, cfg, ctx, device, say, logger)
         if logger:
             logger.finish()
         summary.update(fine_tune_accuracy=best["val_accuracy"], fine_tune_seconds=time.perf_counter() - started)
@@ -476,16 +356,16 @@ def predict_many(model, tokenizer, texts: list[tuple[int, str]], batch_size: int
     error naming the line of a text with nothing the tokenizer knows."""
     block_size = model.gpt.config.block_size
     encoded = cd.encode_texts(tokenizer, [text for _, text in texts], block_size)
+    for (line, _), ids in zip(texts, encoded.ids):
+        if not ids:
+            where = f"{name} on line {line}" if len(texts) > 1 or name != "text" else "the text"
+            raise UserError(f"{where} is empty (or has no character the tokenizer knows); give some text to classify")
     if encoded.unknown_chars:
         print(f"note: removed characters the tokenizer never saw from {encoded.texts_with_unknown} {name}(s): "
               f"{' '.join(map(repr, encoded.unknown_chars[:10]))}", file=sys.stderr)
     if encoded.truncated:
         print(f"note: {encoded.truncated} of {len(texts)} {name}(s) longer than block_size={block_size} tokens were "
               f"cut to their first {block_size}", file=sys.stderr)
-    for (line, _), ids in zip(texts, encoded.ids):
-        if not ids:
-            where = f"{name} on line {line}" if len(texts) > 1 or name != "text" else "the text"
-            raise UserError(f"{where} is empty (or has no character the tokenizer knows); give some text to classify")
     probs = torch.empty(len(texts), model.head.out_features)  # (N, K)
     for start in range(0, len(texts), batch_size):
         idx, mask = cd.pad_batch(encoded.ids[start:start + batch_size], device)  # (B, T), (B, T)

@@ -1,8 +1,10 @@
 """classify.py: padding invariance, learning a separable task, checkpoints, reports, and every bad input."""
 import csv
 import dataclasses
+import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -305,3 +307,69 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
         cd.read_examples(str(tmp_path / "data.xlsx"), "text", "label")
     with pytest.raises(UserError, match="no data file at .*missing.csv"):
         cd.read_examples(str(tmp_path / "missing.csv"), "text", "label")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input from the command line: one line on stderr, exit 1, no file overwritten
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "classify.py", *map(str, args)], capture_output=True, text=True,
+                          cwd=classify.__file__.rsplit("/", 1)[0])
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_one_line_error(result, message):
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("abc", "pos")] * 10, "error: every training example has the label 'pos'; a classifier needs two classes"),
+    ([], r"error: .*data.csv has no row with both a 'text' and a 'label' value"),
+])
+def test_train_bad_data_on_the_command_line(lm_checkpoint, tmp_path, rows, message):
+    data = write_csv(tmp_path / "data.csv", rows)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "classifier.tar").write_bytes(b"an earlier classifier")
+    before = digest(tmp_path / "out" / "classifier.tar")
+    result = run_cli("train", data, "--checkpoint", lm_checkpoint, "--out_dir", tmp_path / "out", "--device=cpu")
+    assert_one_line_error(result, message)
+    assert digest(tmp_path / "out" / "classifier.tar") == before
+
+
+@pytest.fixture
+def classifier_checkpoint(lm_checkpoint, tmp_path):
+    data = write_csv(tmp_path / "ab.csv", separable_rows())
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path / "trained", max_steps=2), quiet=True)
+    return str(tmp_path / "trained" / "classifier.tar")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("texts.jsonl", '{"text": "abc"}\n{"text": \n', r"texts.jsonl line 2 is not valid JSON"),
+    ("texts.jsonl", '{"text": "abc"}\n{"label": "x"}\n', r"texts.jsonl line 2 has no text in 'text' \(found None\)"),
+    ("texts.csv", "text,id\nabc,1\n,2\n", r"texts.csv line 3 has no text in 'text'"),
+    ("texts.txt", "abc\n\u00e9\u00e9\n", r"texts.txt text on line 2 is empty \(or has no character the tokenizer know"),
+    ("texts.txt", "\n\n", r"texts.txt has no text to classify"),
+])
+def test_predict_file_with_a_bad_line(classifier_checkpoint, tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    (tmp_path / "predictions.csv").write_text("earlier predictions\n")
+    before = digest(tmp_path / "predictions.csv")
+    result = run_cli("predict", "--checkpoint", classifier_checkpoint, "--device=cpu", "--file", tmp_path / name,
+                     "--out", tmp_path / "predictions.csv")
+    assert_one_line_error(result, message)
+    assert digest(tmp_path / "predictions.csv") == before
+
+
+def test_predict_file_with_texts_longer_than_the_context_cuts_and_counts(classifier_checkpoint, tmp_path):
+    (tmp_path / "texts.txt").write_text("a" * 40 + "\nabc\n" + "z" * 17 + "\n")  # block_size is 16
+    result = run_cli("predict", "--checkpoint", classifier_checkpoint, "--device=cpu", "--file", tmp_path / "texts.txt")
+    assert result.returncode == 0, result.stderr
+    assert "note: 2 of 3 " in result.stderr and "longer than block_size=16 tokens were cut to their first 16" in \
+        result.stderr
+    assert len(result.stdout.splitlines()) == 4  # the header and one row per text
