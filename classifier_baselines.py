@@ -12,7 +12,7 @@ The probe is also where fine-tuning starts: its head initialises the fine-tune's
 rule, so a fine-tune can never end below the probe on the validation set; classify.py says so when it does not beat it.
 
 Shape letters: N texts, B batch, C embedding_dim, K num_classes.
-Read next: classify.py, which fine-tunes the whole GPT from here.
+Read next: classifier_data.py (files, splits, padding).
 """
 import time
 

@@ -19,7 +19,7 @@
    skipped, removed or cut.
 6. `read_texts`: the unlabelled texts of a file for `classify.py predict` (one per line, or a CSV/JSONL column).
 
-Read next: classify.py, which fine-tunes a GPT on these.
+Read next: classifier_report.py (how a classifier is judged).
 """
 import csv
 import json

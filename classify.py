@@ -26,8 +26,8 @@ A run of `train`, in order:
    and out_dir/classifier.tar holding the best model (the probe when fine-tuning never beat it, and it says so).
 
 Shape letters: B batch, T time (tokens), C embedding_dim, K num_classes, V vocab_size.
-Read next: classifier_data.py (files, splits, padding), classifier_report.py (metrics), classifier_baselines.py,
-tests/test_classify.py.
+Read next: classifier_finetune.py (the loop), then classifier_baselines.py, classifier_data.py (files, splits,
+padding), classifier_report.py (metrics), tests/test_classify.py.
 """
 import csv
 import dataclasses
