@@ -340,8 +340,9 @@ def test_classify_fine_tunes_a_gpt2_directory(gpt2_dir, tmp_path):
     with open(tmp_path / "names.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("text", "label"), *rows])
     cfg = classify.TrainClassifierConfig(data=str(tmp_path / "names.csv"), checkpoint=str(gpt2_dir),
-                                         out_dir=str(tmp_path / "out"), device="cpu", dtype="float32", epochs=4,
-                                         batch_size=8, learning_rate=1e-2, body_learning_rate=1e-3)
+                                         out_dir=str(tmp_path / "out"), device="cpu", dtype="float32", max_steps=12,
+                                         eval_interval=3, patience=0, batch_size=8, learning_rate=1e-2,
+                                         body_learning_rate=1e-3)
     result = classify.train(cfg, quiet=True)
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     model, tokenizer, state = classify.load_classifier(str(tmp_path / "out" / "classifier.tar"), "cpu")
