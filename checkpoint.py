@@ -1,98 +1,57 @@
-"""Checkpoints as plain data, and the one loader every script shares.
+"""The project's file formats: a language-model checkpoint and a classifier checkpoint, each a typed record.
 
 A checkpoint is a dict of tensors and plain Python values (no pickled classes), so it loads with
-`torch.load(path, weights_only=True)`: opening a file cannot run code. It carries everything needed to resume a run
-exactly and to generate without side files:
+`torch.load(path, weights_only=True)`: opening a file cannot run code. Its `format` field says which record it is,
+and `load(path)` returns that record, so no caller has to guess a file's kind from an error.
 
-    format, version    "scratchgpt-lm", 1 — to refuse foreign files clearly
+LanguageModelCheckpoint ("scratchgpt-lm", written by playground.py, read by generate.py and classify.py) carries
+everything needed to resume a run exactly and to generate without side files:
+
     model              the un-compiled model's state_dict
     model_config       ModelConfig as a dict
-    train_config       TrainConfig as a dict
     tokenizer          the tokenizer.json text
+    train_config       TrainConfig as a dict
     optimizer          AdamW's state_dict
     step               optimizer steps done (also the data position: batches are a function of the step)
     best_val_loss      the lowest validation loss so far
-    history            every evaluation so far: [{step, tokens, train, val, bpc, lr}, ...] (plot.py draws it)
-    rng                torch's RNG state (dropout), CUDA's when on a GPU
+    rng                torch's CPU RNG state (dropout); a GPU's generator is not saved
+    scaler             the float16 loss scaler's state (training.py), None in float32 and bfloat16
 
-Writes go to a temporary file that is renamed into place, so a crash mid-write leaves the previous file intact; a
-Ctrl-C during a write waits for it to finish, and a full disk is one line with the previous file untouched.
+ClassifierCheckpoint ("scratchgpt-classifier", written by `classify.py train`) holds the GPT body and head, the
+class names and the pooling, plus the best epoch's figures. Both are written through atomic.py: whole or not at all.
 Read next: preflight.py, then playground.py.
 """
-import contextlib
-import os
-import re
-import signal
-import threading
+import dataclasses
+import math
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from atomic import atomic_write
 from config import ModelConfig, UserError
 from gpt import GPT
 from tokenizer import Tokenizer
 
-FORMAT, VERSION = "scratchgpt-lm", 1
+VERSION = 1
 
 
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it: a checkpoint being written is finished first.
+def save_checkpoint(path, state: dict, format: str = "scratchgpt-lm"):
+    """torch.save `state`, labelled with its format and version, atomically (atomic.py): the records' one writer.
 
-    Without this, an interrupt inside torch.save's C++ writer can surface as a RuntimeError and a traceback."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            signal.raise_signal(signal.SIGINT)  # the previous handler now runs: KeyboardInterrupt, by default
+    A failed write (disk full, folder gone) is a UserError and leaves the previous file as it was."""
+    atomic_write(path, lambda f: torch.save({"format": format, "version": VERSION, **state}, f))
 
 
-def _write_failure(e: Exception) -> str:
-    """OSError(28, 'No space left on device') -> 'No space left on device'; torch's writer says '[enforce fail at
-    inline_container.cc:603] . unexpected pos 64 vs 128' -> 'unexpected pos 64 vs 128'."""
-    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    text = (text.strip().splitlines() or [type(e).__name__])[0]
-    return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)[:200]
+def load_checkpoint(path, expected_format: str | None = "scratchgpt-lm", required=("model", "model_config",
+                                                                               "tokenizer")) -> dict:
+    """The plain dict a checkpoint file holds, read safely (weights_only=True); what is missing, broken or foreign
+    is a one-line UserError. The records below are built from it.
 
-
-def save_checkpoint(path, state: dict, format: str = FORMAT):
-    """torch.save to a temporary file beside `path`, flush it to disk, then atomically rename it over `path`.
-
-    `format` names what the file holds ("scratchgpt-lm"; classify.py writes "scratchgpt-classifier"). A failed write
-    (disk full, folder gone) is a UserError and leaves the previous file as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with interrupts_deferred():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                torch.save({"format": format, "version": VERSION, **state}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
-        except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
-            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-            raise UserError(f"cannot write {path}: {_write_failure(e)}; {kept}. Free some disk space or choose "
-                            f"another folder") from None
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-REQUIRED = ("model", "model_config", "tokenizer")  # what every language-model use (sampling, fine-tuning) reads
-
-
-def load_checkpoint(path, expected_format: str = FORMAT, required=REQUIRED) -> dict:
-    """Read a checkpoint safely (weights_only=True); anything missing, broken or foreign is a one-line UserError.
-
-    `required`: the keys the caller will read (resuming needs the optimizer too; a classifier its classes)."""
+    expected_format: the `format` the file must have; None accepts every kind in KINDS.
+    required: the keys the caller will read (resuming needs the optimizer too; a classifier its classes)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; train one with `python playground.py` or name another")
@@ -109,16 +68,101 @@ def load_checkpoint(path, expected_format: str = FORMAT, required=REQUIRED) -> d
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise UserError(f"{path} is not a readable checkpoint (corrupt, truncated or not a torch file): "
                         f"{reason}") from None
-    if not isinstance(state, dict) or state.get("format") != expected_format:
+    formats = list(KINDS) if expected_format is None else [expected_format]
+    if not isinstance(state, dict) or state.get("format") not in formats:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise UserError(f"{path} is not a {expected_format} checkpoint (found {found!r})")
+        raise UserError(f"{path} is not a {' or '.join(formats)} checkpoint (found {found!r})")
     if not isinstance(state.get("version", 0), int) or state.get("version", 0) > VERSION:
         raise UserError(f"{path} has format version {state['version']!r}; this code reads up to {VERSION}: update it")
     missing = [key for key in required if key not in state]
     if missing:
-        raise UserError(f"{path} has no {', '.join(missing)}: it is an incomplete {expected_format} checkpoint "
+        raise UserError(f"{path} has no {', '.join(missing)}: it is an incomplete {state['format']} checkpoint "
                         f"(edited, or written by other code); use another checkpoint")
     return state
+
+
+class _Record:
+    """What both records share: to and from the plain dict in the file, save, load."""
+    FORMAT: ClassVar[str]
+    REQUIRED: ClassVar[tuple[str, ...]]  # the keys every reader of this kind needs
+
+    def to_state(self) -> dict:
+        """The fields as a plain dict (not dataclasses.asdict, which would deep-copy every tensor)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_state(cls, state: dict, source="the checkpoint"):
+        """The record of a dict load_checkpoint returned; keys this code does not know are ignored."""
+        missing = [key for key in cls.REQUIRED if key not in state]
+        if missing:
+            raise UserError(f"{source} has no {', '.join(missing)}: it is an incomplete {cls.FORMAT} checkpoint "
+                            f"(edited, or written by other code); use another checkpoint")
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls) if f.name in state})
+
+    def save(self, path):
+        save_checkpoint(path, self.to_state(), self.FORMAT)
+
+    @classmethod
+    def load(cls, path, required: tuple[str, ...] = ()):
+        """The record in `path`, which must be of this kind and hold REQUIRED and `required`."""
+        return cls.from_state(load_checkpoint(path, cls.FORMAT, cls.REQUIRED + tuple(required)), path)
+
+
+@dataclass
+class LanguageModelCheckpoint(_Record):
+    """playground.py's model_checkpoint.tar and best_checkpoint.tar (the fields: see the module docstring)."""
+    FORMAT: ClassVar[str] = "scratchgpt-lm"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "model_config", "tokenizer")
+    RESUME: ClassVar[tuple[str, ...]] = ("optimizer", "train_config", "step", "best_val_loss", "rng")
+    model: dict
+    model_config: dict
+    tokenizer: str
+    train_config: dict | None = None
+    optimizer: dict | None = None
+    step: int | None = None
+    best_val_loss: float = math.inf
+    rng: dict | None = None
+    scaler: dict | None = None
+
+    @classmethod
+    def of(cls, model: GPT, tokenizer: Tokenizer, **fields) -> "LanguageModelCheckpoint":
+        """The record of a model in memory: LanguageModelCheckpoint.of(model, tokenizer, step=0).save(path)."""
+        return cls(model.state_dict(), dataclasses.asdict(model.config), tokenizer.to_json(), **fields)
+
+
+@dataclass
+class ClassifierCheckpoint(_Record):
+    """classify.py's classifier.tar: a GPT body and a head (model), the classes, the pooling, the best epoch."""
+    FORMAT: ClassVar[str] = "scratchgpt-classifier"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "model_config", "tokenizer", "classes", "pooling")
+    model: dict
+    model_config: dict
+    tokenizer: str
+    classes: list
+    pooling: str
+    train_config: dict | None = None
+    epoch: int | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    baseline_accuracy: float | None = None
+    history: list | None = None
+
+    @classmethod
+    def from_state(cls, state: dict, source="the checkpoint"):
+        record = super().from_state(state, source)
+        if record.pooling not in ("last", "mean") or not isinstance(record.classes, list):
+            raise UserError(f"{source}: its pooling or classes are not ones this code writes; use another "
+                            f"classifier")
+        return record
+
+
+KINDS = {kind.FORMAT: kind for kind in (LanguageModelCheckpoint, ClassifierCheckpoint)}
+
+
+def load(path) -> LanguageModelCheckpoint | ClassifierCheckpoint:
+    """Whichever record `path` holds, told apart by its `format` field."""
+    state = load_checkpoint(path, expected_format=None, required=())
+    return KINDS[state["format"]].from_state(state, path)
 
 
 def load_weights(model: torch.nn.Module, weights, source: str = "the checkpoint"):
@@ -132,9 +176,9 @@ def load_weights(model: torch.nn.Module, weights, source: str = "the checkpoint"
                         f"models, use another checkpoint") from None
 
 
-def model_config_from(state: dict, source: str = "the checkpoint", **overrides) -> ModelConfig:
-    """ModelConfig(**state["model_config"]), refusing a config that is not one with a one-line error."""
-    settings = state["model_config"]
+def model_config_from(checkpoint, source: str = "the checkpoint", **overrides) -> ModelConfig:
+    """ModelConfig(**checkpoint.model_config) of a record or a loaded dict, refusing what is not one in one line."""
+    settings = checkpoint["model_config"] if isinstance(checkpoint, dict) else checkpoint.model_config
     if not isinstance(settings, dict):
         raise UserError(f"{source}: model_config is a {type(settings).__name__}, not a mapping; use another "
                         f"checkpoint")
@@ -147,14 +191,15 @@ def model_config_from(state: dict, source: str = "the checkpoint", **overrides) 
         raise UserError(f"{source}: its model_config is invalid: {e}") from None
 
 
-def model_from_checkpoint(state: dict, device="cpu", backend: str | None = None,
+def model_from_checkpoint(checkpoint, device="cpu", backend: str | None = None,
                           source: str = "the checkpoint") -> tuple[GPT, Tokenizer]:
-    """Rebuild the GPT and its tokenizer from a loaded checkpoint; the model is in eval mode on `device`.
-
-    `source` (the file's path) names the checkpoint in error messages."""
-    model = GPT(model_config_from(state, source, **({"attention_backend": backend} if backend else {})))
-    load_weights(model, state["model"], source)
-    tokenizer = Tokenizer.from_json(state["tokenizer"], source=f"{source}'s tokenizer")
+    """Rebuild the GPT and its tokenizer from a LanguageModelCheckpoint (or its loaded dict); the model is in eval
+    mode on `device`. `source` (the file's path) names the checkpoint in error messages."""
+    if isinstance(checkpoint, dict):
+        checkpoint = LanguageModelCheckpoint.from_state(checkpoint, source)
+    model = GPT(model_config_from(checkpoint, source, **({"attention_backend": backend} if backend else {})))
+    load_weights(model, checkpoint.model, source)
+    tokenizer = Tokenizer.from_json(checkpoint.tokenizer, source=f"{source}'s tokenizer")
     return model.to(device).eval(), tokenizer
 
 

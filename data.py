@@ -32,6 +32,7 @@ import torch
 
 import corpus as corpus_module
 import token_cache
+from atomic import atomic_write_bytes
 from config import UserError
 from corpus import Corpus
 from token_cache import DOCUMENT_SEPARATOR_CHARS
@@ -44,14 +45,6 @@ def cache_dir() -> Path:
     """Where converted corpora and token ids are cached: $SCRATCHGPT_CACHE, else ~/.cache/scratchgpt."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scratchgpt"
     return Path(os.environ.get("SCRATCHGPT_CACHE", default))
-
-
-def atomic_write_bytes(path: Path, data: bytes):
-    """Write to a temporary file beside `path`, then rename it into place: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

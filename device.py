@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from atomic import atomic_write_bytes
 from config import ModelConfig, UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -140,10 +141,8 @@ def measured_bf16_speedup(model_config: ModelConfig, batch_size: int) -> float:
     speedup = time_bf16_against_float32(model_config, batch_size)
     verdicts[key] = round(speedup, 3)
     try:
-        from data import atomic_write_bytes
-
         atomic_write_bytes(_cache_path(), json.dumps(verdicts, indent=1).encode())
-    except OSError:  # a read-only cache only costs a probe next time
+    except UserError:  # a read-only cache only costs a probe next time
         pass
     return speedup
 

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic import atomic_write_bytes
 from corpus import Corpus
 from tokenizer import Tokenizer, TokenizerError
-from tokenizer.base import atomic_write, smallest_id_dtype
+from tokenizer.base import smallest_id_dtype
 from tokenizer.fast import FastEncoder
 
 DOCUMENT_SEPARATOR_CHARS = "\n\n"  # between documents, for a tokenizer without <|endoftext|> (char)
@@ -112,7 +113,7 @@ class TokenCache:
             os.replace(tmp_ids, self.ids_path)
             if corpus.multi_document:
                 os.replace(tmp_docs, self.docs_path)
-            atomic_write(str(self.meta_path), json.dumps(meta))  # last: from now on the cache is trusted
+            atomic_write_bytes(self.meta_path, json.dumps(meta).encode())  # last: from now on the cache is trusted
         finally:
             for tmp in (tmp_ids, tmp_docs):
                 tmp.unlink(missing_ok=True)

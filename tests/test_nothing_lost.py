@@ -317,16 +317,13 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_previous_file_is_in
 
 
 def test_a_full_disk_while_saving_a_classifier_is_one_line(capsys, tmp_path, monkeypatch):
-    import dataclasses
-
     from tokenizer import CharTokenizer
 
     tokenizer = CharTokenizer.train("abxy \n")
     model = playground.GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, embedding_dim=16,
                                        num_of_layers=1, num_of_heads=2))
     lm = str(tmp_path / "lm.tar")
-    checkpoint.save_checkpoint(lm, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-                                    "tokenizer": tokenizer.to_json()})
+    checkpoint.LanguageModelCheckpoint.of(model, tokenizer).save(lm)
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"{'ab' * (i % 5 + 1)},a\n{'xy' * (i % 5 + 1)},x\n" for i in range(8)))
     data = str(data)
@@ -415,8 +412,9 @@ def test_kill_9_at_random_moments_always_leaves_a_checkpoint_that_resumes(corpus
         finally:
             process.kill()  # SIGKILL: no handler runs, no cleanup
             process.wait()
-        state = checkpoint.load_checkpoint(out / "model_checkpoint.tar", required=playground.RESUME_KEYS)
-        steps.append(state["step"])
+        state = checkpoint.LanguageModelCheckpoint.load(out / "model_checkpoint.tar",
+                                                        required=checkpoint.LanguageModelCheckpoint.RESUME)
+        steps.append(state.step)
     assert steps == sorted(steps) and steps[0] > 0
     playground.main([corpus, f"--out_dir={out}", "--resume", f"--max_iters={steps[-1] + 2}"])  # continues
     assert checkpoint.load_checkpoint(out / "model_checkpoint.tar")["step"] == steps[-1] + 2

@@ -10,6 +10,7 @@ import torch
 import checkpoint
 import data
 import playground
+import training
 from config import TrainConfig, run_main
 from tokenizer import TokenizerError
 
@@ -52,12 +53,12 @@ def cli_error(capsys, argv) -> str:
 
 
 def schedule(**settings):
-    return playground.resolve_schedule(TrainConfig(**settings))
+    return training.resolve_schedule(TrainConfig(**settings))
 
 
 def test_schedule_corners():
     cfg = schedule(max_iters=1000, learning_rate=1e-3, warmup_iters=100, min_lr=1e-4)
-    lrs = [playground.learning_rate(s, cfg) for s in range(1200)]
+    lrs = [training.learning_rate(s, cfg) for s in range(1200)]
     assert 0 < lrs[0] < 1e-5 * 2  # step 0 already learns a little
     assert all(a < b for a, b in zip(lrs[:100], lrs[1:101]))  # warmup rises
     assert lrs[100] == pytest.approx(1e-3)  # end of warmup = peak
@@ -70,7 +71,7 @@ def test_schedule_defaults_scale_with_run_length():
     assert schedule(max_iters=600_000).warmup_iters == 2000
     assert schedule(learning_rate=6e-4).min_lr == pytest.approx(6e-5)
     extended = schedule(max_iters=100, warmup_iters=10, lr_decay_iters=100)
-    assert playground.learning_rate(150, extended) == extended.min_lr
+    assert training.learning_rate(150, extended) == extended.min_lr
 
 
 # --- an end-to-end run
@@ -80,11 +81,11 @@ def test_end_to_end_loss_falls_checkpoints_appear_and_best_only_improves(corpus,
     writes = []
     real_save = checkpoint.save_checkpoint
 
-    def spy(path, state):
+    def spy(path, state, format):
         writes.append((str(path).rsplit("/", 1)[-1], state["step"], state["best_val_loss"]))
-        real_save(path, state)
+        real_save(path, state, format)
 
-    monkeypatch.setattr(playground, "save_checkpoint", spy)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", spy)
     out = tmp_path / "out"
     train(corpus, out, "--max_iters=60", "--eval_interval=20", "--checkpoint_interval=25")
     regular = [step for name, step, _ in writes if name == "model_checkpoint.tar"]

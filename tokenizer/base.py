@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
+
+from atomic import atomic_write  # the project's one atomic write (no torch in it)
 
 _NEVER = float("inf")
 EOT = "<|endoftext|>"  # the end-of-text token placed between documents (GPT-2's name for it)
@@ -54,23 +54,6 @@ def read_corpus(path: str) -> str:
 def smallest_id_dtype(vocab_size: int):
     """uint16 halves the memory of a token array when every id fits (GPT-2's 50257 does); else uint32."""
     return np.uint16 if vocab_size <= 2**16 else np.uint32
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and os.replace: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    except OSError as e:
-        raise TokenizerError(f"cannot write {path}: {e.strerror or e} (does the folder exist and is it "
-                             f"writable?)") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        os.unlink(tmp)
-        raise TokenizerError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def count_pairs(words: list[list[int]], counts: list[int]) -> dict[tuple[int, int], int]:
@@ -241,7 +224,9 @@ class Tokenizer:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
 
     def save(self, path: str) -> None:
-        atomic_write(path, self.to_json() + "\n")
+        """Write tokenizer.json whole or not at all (atomic.py); the folder must exist."""
+        text = self.to_json() + "\n"
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")), error=TokenizerError, create_folder=False)
 
     def to_hf(self):
         """This tokenizer as a Hugging Face `tokenizers.Tokenizer` (the Rust fast path)."""

@@ -1,0 +1,141 @@
+"""What every training loop here shares (playground.py pre-trains, classify.py fine-tunes), as nanochat's common.py.
+
+    learning_rate(step, cfg)    warmup then cosine decay to a floor (GPT-1 section 4.1, GPT-3 appendix B): pre-training
+    lr_factor(step, total)      warmup then linear decay to 0 (GPT-1 section 4.1, fine-tuning)
+    OptimizerStep               backward with float16 loss scaling, the nan/inf guard, gradient clipping, AdamW's step
+    make_progress_bar, WandbLogger, maybe_compile
+
+Loss scaling (Micikevicius et al. 2018): float16 cannot hold gradients below 6e-8, so the loss is multiplied by a
+large factor before backward and the gradients divided by it before the step; torch's GradScaler lowers the factor
+(and skips that step) when a gradient overflows, and raises it again after a run of good steps. bfloat16 and float32
+need none: there the scaler is off and changes nothing.
+Read next: playground.py.
+"""
+import dataclasses
+import math
+import os
+import sys
+import warnings
+
+import torch
+
+from config import ModelConfig, TrainConfig, UserError
+
+FINE_TUNING_WARMUP = 0.1  # of all steps: linear warmup, then linear decay to 0 (GPT-1 section 4.1 fine-tuning)
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup from lr/(warmup+1) to lr, then cosine decay towards min_lr until lr_decay_iters, then min_lr.
+
+    Warmup (GPT-1 section 4.1) keeps Adam's first, badly estimated updates small; the cosine (GPT-3 appendix B)
+    anneals to a floor of lr/10. The cosine reaches min_lr at lr_decay_iters, inside the run only when
+    lr_decay_iters < max_iters (by default they are equal, and the last step's lr is just above min_lr).
+    """
+    warmup, decay_end = cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / (warmup + 1)
+    if step >= decay_end:
+        return cfg.min_lr
+    progress = (step - warmup) / max(1, decay_end - warmup)  # 0 -> 1
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def resolve_schedule(cfg: TrainConfig) -> TrainConfig:
+    """Fill the schedule's defaults: warmup = 5% of max_iters (at most 2000, nanoGPT's long-run value); floor lr/10.
+
+    lr_decay_iters stays None (meaning max_iters) so that extending a run with --max_iters stretches the cosine.
+    """
+    warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(2000, cfg.max_iters // 20)
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
+    return dataclasses.replace(cfg, warmup_iters=warmup, min_lr=min_lr)
+
+
+def lr_factor(step: int, total: int) -> float:
+    """Linear warmup over the first FINE_TUNING_WARMUP of the steps, then linear decay to 0 (GPT-1 section 4.1).
+    Multiplies each parameter group's peak learning rate: lr_factor(0, 100) = 0.1, (10, 100) = 1.0, (100, 100) = 0."""
+    warmup = max(1, int(total * FINE_TUNING_WARMUP))
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class OptimizerStep:
+    """backward(loss) for each (micro-)batch, then step(loss_value, stop): the one optimizer step of every loop.
+
+    step() refuses a nan/inf loss by calling stop(what) (which raises, with the caller's advice), unscales and clips
+    the gradients' global norm to grad_clip (GPT-3 appendix B; 0 = off), steps the optimizer (GradScaler skips a
+    step whose float16 gradients overflowed) and clears the gradients."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                 dtype: torch.dtype, device: torch.device):
+        self.parameters, self.optimizer, self.grad_clip = list(model.parameters()), optimizer, grad_clip
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def backward(self, loss: torch.Tensor):
+        self.scaler.scale(loss).backward()  # loss * scale in float16; the loss itself otherwise
+
+    def step(self, loss: float, stop):
+        if not math.isfinite(loss):
+            stop(f"loss became {loss}")
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def scaler_state(self) -> dict | None:
+        """What a checkpoint keeps so that a resumed float16 run scales as the uninterrupted one would."""
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
+
+    def load_scaler_state(self, state: dict | None):
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+def maybe_compile(model, compile_requested: bool):
+    """torch.compile(model) when asked for; the model itself (with a warning) when the compiler is unavailable."""
+    if not compile_requested:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # no compiler toolchain, unsupported platform ...
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training without it")
+        return model
+
+
+def make_progress_bar(start: int, total: int, enabled: bool):
+    """A tqdm bar from `start` to `total` steps (None when not `enabled`: quiet runs, other torchrun processes)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    interactive = sys.stdout.isatty()  # in a log file, redraw rarely instead of twice a second
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stdout,
+                mininterval=0.5 if interactive else 30.0)
+
+
+class WandbLogger:
+    """Weights & Biases logging, imported only when asked for; offline (no account, no network) unless
+    WANDB_MODE says otherwise. `wandb sync out/wandb/...` uploads an offline run later.
+
+    train_cfg: any settings dataclass with out_dir and wandb_project (TrainConfig, classify's config)."""
+
+    def __init__(self, train_cfg, model_cfg: ModelConfig):
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        os.makedirs(train_cfg.out_dir, exist_ok=True)
+        self.run = wandb.init(project=train_cfg.wandb_project, dir=train_cfg.out_dir,
+                              config={**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)})
+
+    def log(self, metrics: dict, step: int):
+        self.run.log(metrics, step=step)
+
+    def finish(self):
+        self.run.finish()
