@@ -87,8 +87,8 @@ class _Record:
     REQUIRED: ClassVar[tuple[str, ...]]  # the keys every reader of this kind needs
 
     def to_state(self) -> dict:
-        """The fields as a plain dict (not dataclasses.asdict, which would deep-copy every tensor)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields that are set, as a plain dict (not dataclasses.asdict, which would deep-copy every tensor)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
     def from_state(cls, state: dict, source="the checkpoint"):
@@ -141,7 +141,7 @@ class ClassifierCheckpoint(_Record):
     classes: list
     pooling: str
     train_config: dict | None = None
-    epoch: int | None = None
+    step: int | None = None  # the best evaluation's step (0: the linear probe)
     val_accuracy: float | None = None
     val_loss: float | None = None
     baseline_accuracy: float | None = None

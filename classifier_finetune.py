@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 from config import UserError
-from playground import make_progress_bar
+from training import make_progress_bar
 
 WARMUP_FRACTION = 0.1  # of all steps: linear warmup, then linear decay to 0 (GPT-1 section 4.1 fine-tuning)
 MIN_LOSS_GAIN = 1e-3  # nats: at equal accuracy, a smaller drop in validation loss is not an improvement

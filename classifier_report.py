@@ -16,7 +16,6 @@ Read next: tests/test_classify.py and tests/test_classify_learning.py.
 """
 import torch
 
-from config import ModelConfig
 
 
 def confusion_matrix(targets, preds, num_classes: int) -> torch.Tensor:
@@ -92,9 +91,3 @@ def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
     plt.close(fig)
     return path
 
-
-def make_wandb(cfg, model_cfg: ModelConfig):
-    """A WandbLogger (playground.py) for a classify.TrainClassifierConfig; log(metrics, step), finish()."""
-    from playground import WandbLogger  # one wandb setup for every script: offline unless WANDB_MODE says otherwise
-
-    return WandbLogger(cfg, model_cfg)  # reads cfg.out_dir, cfg.wandb_project and both configs' fields

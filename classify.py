@@ -42,21 +42,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import classifier_baselines as baselines
 import classifier_data as cd
 import classifier_finetune as finetune
 import classifier_report as report
 import data
-from checkpoint import (load_checkpoint, load_model, load_weights, model_config_from, model_from_checkpoint,
-                        save_checkpoint)
+from checkpoint import ClassifierCheckpoint, LanguageModelCheckpoint, load_model, load_weights, model_config_from, \
+    model_from_checkpoint
 from config import UserError, arg, check_numbers, load_config, run_main
 from device import autocast, resolve_device, resolve_dtype
 from gpt import GPT
 from preflight import check_writable_dir
 from tokenizer import Tokenizer, TokenizerError
+from training import WandbLogger
 
-FORMAT = "scratchgpt-classifier"
-REQUIRED = ("model", "model_config", "tokenizer", "classes", "pooling")  # what predict reads from classifier.tar
+FORMAT = ClassifierCheckpoint.FORMAT
 
 
 class GPTClassifier(nn.Module):
@@ -181,43 +182,37 @@ def load_language_model(path: str, device) -> tuple[GPT, Tokenizer]:
     if not os.path.isfile(path) and not path.endswith(".tar"):
         model, tokenizer, _ = load_model(path, device)  # gpt2.py
         return model, tokenizer
-    if os.path.isfile(path):
-        try:
-            state = load_checkpoint(path)
-        except UserError as e:
-            if f"found {FORMAT!r}" in str(e):
-                e = f"{path} is a classifier"
-            raise UserError(f"{e}; --checkpoint needs a language model from `python playground.py`") from None
-    else:
+    if not os.path.isfile(path):
         raise UserError(f"no language-model checkpoint at {path}; train one first with `python playground.py` "
                         f"(or pass --checkpoint)")
-    check_tokenizer_matches(state, path)
-    return model_from_checkpoint(state, device, source=path)
+    found = checkpoint.load(path)  # either kind, told apart by its format field
+    if not isinstance(found, LanguageModelCheckpoint):
+        raise UserError(f"{path} is a classifier; --checkpoint needs a language model from `python playground.py`")
+    check_tokenizer_matches(found, path)
+    return model_from_checkpoint(found, device, source=path)
 
 
-def check_tokenizer_matches(state: dict, path: str):
-    tokenizer = Tokenizer.from_json(state["tokenizer"], source=f"{path}'s tokenizer")
-    if tokenizer.vocab_size != state["model_config"]["vocab_size"]:
+def check_tokenizer_matches(found: LanguageModelCheckpoint | ClassifierCheckpoint, path: str):
+    tokenizer = Tokenizer.from_json(found.tokenizer, source=f"{path}'s tokenizer")
+    if tokenizer.vocab_size != found.model_config["vocab_size"]:
         raise UserError(f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but its model "
-                        f"{state['model_config']['vocab_size']}; the file mixes two runs, use another checkpoint")
+                        f"{found.model_config['vocab_size']}; the file mixes two runs, use another checkpoint")
 
 
-def load_classifier(path: str, device) -> tuple[GPTClassifier, Tokenizer, dict]:
-    """A classifier.tar -> (model in eval mode, its tokenizer, the checkpoint dict)."""
+def load_classifier(path: str, device) -> tuple[GPTClassifier, Tokenizer, ClassifierCheckpoint]:
+    """A classifier.tar -> (model in eval mode, its tokenizer, its record)."""
     if not os.path.isfile(path):
         raise UserError(f"no classifier at {path}; fine-tune one with `python classify.py train` (or pass "
                         f"--checkpoint)")
     try:
-        state = load_checkpoint(path, expected_format=FORMAT, required=REQUIRED)
+        found = ClassifierCheckpoint.load(path)
     except UserError as e:
         raise UserError(f"{e}; predict needs a classifier written by `python classify.py train`") from None
-    check_tokenizer_matches(state, path)
-    if state["pooling"] not in ("last", "mean") or not isinstance(state["classes"], list):
-        raise UserError(f"{path}: its pooling or classes are not ones this code writes; use another classifier")
-    model = GPTClassifier(GPT(model_config_from(state, path)), len(state["classes"]), state["pooling"])
-    load_weights(model, state["model"], path)
-    tokenizer = Tokenizer.from_json(state["tokenizer"], source=f"{path}'s tokenizer")
-    return model.to(device).eval(), tokenizer, state
+    check_tokenizer_matches(found, path)
+    model = GPTClassifier(GPT(model_config_from(found, path)), len(found.classes), found.pooling)
+    load_weights(model, found.model, path)
+    tokenizer = Tokenizer.from_json(found.tokenizer, source=f"{path}'s tokenizer")
+    return model.to(device).eval(), tokenizer, found
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,7 +283,7 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
         say(f"fine-tuning all {sum(p.numel() for p in model.parameters()):,} parameters for up to {cfg.max_steps} "
             f"steps of {cfg.batch_size} texts ({cfg.max_steps * cfg.batch_size / len(split.train_x):.1f} epochs), "
             f"auxiliary LM loss weight {cfg.lm_loss_weight:g}, device {device}, dtype {str(dtype)[6:]}")
-        logger = report.make_wandb(cfg, gpt.config) if cfg.wandb else None
+        logger = WandbLogger(cfg, gpt.config) if cfg.wandb else None
         best, history = finetune.fine_tune(model, split, probe, cfg, ctx, device, say, logger)
         if logger:
             logger.finish()
@@ -329,12 +324,10 @@ def write_classifier(cfg, model, gpt, tokenizer, split: Split, summary: dict, sa
     """Atomically write the best model to out_dir/classifier.tar, and the curves when matplotlib is installed."""
     path = os.path.join(cfg.out_dir, "classifier.tar")
     history = [{k: v for k, v in row.items() if k != "val_preds"} for row in summary["history"]]
-    save_checkpoint(path, {
-        "model": model.state_dict(), "model_config": dataclasses.asdict(gpt.config),
-        "tokenizer": tokenizer.to_json(), "classes": split.classes, "pooling": cfg.pooling,
-        "train_config": dataclasses.asdict(cfg), "step": summary["step"], "val_accuracy": summary["val_accuracy"],
-        "val_loss": summary["val_loss"], "baseline_accuracy": summary["baseline_accuracy"], "history": history},
-        format=FORMAT)
+    ClassifierCheckpoint(
+        model.state_dict(), dataclasses.asdict(gpt.config), tokenizer.to_json(), split.classes, cfg.pooling,
+        train_config=dataclasses.asdict(cfg), step=summary["step"], val_accuracy=summary["val_accuracy"],
+        val_loss=summary["val_loss"], baseline_accuracy=summary["baseline_accuracy"], history=history).save(path)
     plot = history and report.plot_curves(history, os.path.join(cfg.out_dir, "classifier_curves.png"),
                                           summary["baseline_accuracy"])
     say(f"classifier: {path}" + (f", curves: {plot}" if plot else ""))
@@ -385,8 +378,8 @@ def predictions_csv(texts: list[tuple[int, str]], probs: torch.Tensor, classes: 
 
 def run_predict(cfg: PredictConfig):
     device = resolve_device(cfg.device)
-    model, tokenizer, state = load_classifier(cfg.checkpoint, device)
-    classes = state["classes"]
+    model, tokenizer, found = load_classifier(cfg.checkpoint, device)
+    classes = found.classes
     if cfg.file is None:
         probs = predict(model, tokenizer, cfg.text, device)
         print(classes[int(probs.argmax())])

@@ -276,7 +276,7 @@ def main(argv=None):
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = find_checkpoint(cfg)
-    model, tokenizer, state = load_model(path, device)  # a checkpoint file, or a GPT-2 directory (gpt2.py)
+    model, tokenizer, found = load_model(path, device)  # a checkpoint file, or a GPT-2 directory (gpt2.py)
     # A sample is kept whole until printed: each token as an id, its text and, if asked for, its probabilities.
     K = min(cfg.top_alternatives, model.config.vocab_size)
     check_fits(cfg.max_new_tokens * (BYTES_PER_TOKEN + 16 * K), f"--max_new_tokens={cfg.max_new_tokens}",
@@ -289,7 +289,8 @@ def main(argv=None):
         return draw_attention(model, tokenizer, prompt_ids, cfg)
     block_size = model.config.block_size
     where = f"{device}, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
-    note(f"{path}: {model.num_parameters():,} parameters, step {state.get('step', '?')}, {tokenizer.kind} tokenizer; "
+    step = "?" if found is None or found.step is None else found.step
+    note(f"{path}: {model.num_parameters():,} parameters, step {step}, {tokenizer.kind} tokenizer; "
          f"{'no KV cache' if cfg.no_kv_cache else 'KV cache'}, {where}")
     if len(prompt_ids) > block_size:
         note(f"the prompt is {len(prompt_ids)} tokens; the model sees its last {block_size} (block_size)")

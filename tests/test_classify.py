@@ -1,6 +1,5 @@
 """classify.py: padding invariance, learning a separable task, checkpoints, reports, and every bad input."""
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -14,7 +13,7 @@ import torch
 import classifier_data as cd
 import classifier_report as report
 import classify
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import ClassifierCheckpoint, LanguageModelCheckpoint, load_checkpoint, save_checkpoint
 from config import ModelConfig, UserError
 from gpt import GPT
 from tokenizer import CharTokenizer, train_tokenizer
@@ -35,8 +34,7 @@ def lm_checkpoint(tmp_path):
     tokenizer = CharTokenizer.train(ALPHABET)
     model = tiny_gpt(tokenizer.vocab_size)
     path = tmp_path / "lm.tar"
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-                           "tokenizer": tokenizer.to_json(), "step": 0})
+    LanguageModelCheckpoint.of(model, tokenizer, step=0).save(path)
     return str(path)
 
 
@@ -265,7 +263,8 @@ def test_wrong_checkpoints_are_refused(lm_checkpoint, tmp_path):
     save_checkpoint(mismatched, state)
     expect_error("its tokenizer has 3 tokens but its model 8", str(mismatched), tmp_path)
     classifier = tmp_path / "classifier.tar"
-    save_checkpoint(classifier, {"model": {}}, format=classify.FORMAT)
+    lm = LanguageModelCheckpoint.load(lm_checkpoint)
+    ClassifierCheckpoint(lm.model, lm.model_config, lm.tokenizer, classes=["a", "b"], pooling="last").save(classifier)
     expect_error("classifier.tar is a classifier; --checkpoint needs a language model", str(classifier), tmp_path)
     with pytest.raises(UserError, match="not a scratchgpt-classifier checkpoint .*classify.py train"):
         classify.main(["predict", "--checkpoint", lm_checkpoint, "hello"])

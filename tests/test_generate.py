@@ -1,5 +1,4 @@
 """Generation: the KV cache against the reference loop, the sampler's guarantees, and generate.py's command line."""
-import dataclasses
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import torch
 import generate
 import sampling
 from attention import causal_mask
-from checkpoint import save_checkpoint
+from checkpoint import LanguageModelCheckpoint
 from config import ModelConfig, run_main
 from gpt import GPT
 from tokenizer import CharTokenizer, TokenizerError, train_tokenizer
@@ -205,9 +204,7 @@ def out_dir(tmp_path):
     """A checkpoint of a random tiny model with a char tokenizer, saved as playground.py would."""
     tokenizer = CharTokenizer.train(TEXT)
     model = tiny_model(vocab_size=tokenizer.vocab_size)
-    state = {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-             "tokenizer": tokenizer.to_json(), "step": 0}
-    save_checkpoint(tmp_path / "best_checkpoint.tar", state)
+    LanguageModelCheckpoint.of(model, tokenizer, step=0).save(tmp_path / "best_checkpoint.tar")
     return tmp_path
 
 
@@ -273,8 +270,7 @@ def test_cli_with_a_byte_level_tokenizer_starts_from_end_of_text_and_streams_who
     corpus.write_text(TEXT * 3 + "née ☃\n", encoding="utf-8")
     tokenizer = train_tokenizer("bbpe", str(corpus), vocab_size=300, progress=False)
     model = tiny_model(vocab_size=tokenizer.vocab_size)
-    save_checkpoint(tmp_path / "best_checkpoint.tar", {"model": model.state_dict(), "tokenizer": tokenizer.to_json(),
-                                                       "model_config": dataclasses.asdict(model.config)})
+    LanguageModelCheckpoint.of(model, tokenizer).save(tmp_path / "best_checkpoint.tar")
     generate.main([f"--out_dir={tmp_path}", "--prompt=", "--max_new_tokens=12"])
     assert "starting from the end-of-text token" in capsys.readouterr().err
     batch = cli(capsys, tmp_path, "--prompt=née ☃", "--temperature=1.5")

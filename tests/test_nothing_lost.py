@@ -95,9 +95,9 @@ def test_a_fresh_run_never_replaces_an_earlier_runs_checkpoints(capsys, corpus, 
 def test_resume_never_replaces_a_better_best_checkpoint(corpus, finished_run):
     """Killed after best_checkpoint.tar but before model_checkpoint.tar: the best on disk still outranks the run."""
     best = finished_run / "best_checkpoint.tar"
-    state = checkpoint.load_checkpoint(best)
-    checkpoint.save_checkpoint(best, {**{k: v for k, v in state.items() if k not in ("format", "version")},
-                                      "best_val_loss": 0.01})  # better than this tiny run will ever do
+    record = checkpoint.LanguageModelCheckpoint.load(best)
+    record.best_val_loss = 0.01  # better than this tiny run will ever do
+    record.save(best)
     before = hashes(finished_run)["best_checkpoint.tar"]
     playground.main([corpus, f"--out_dir={finished_run}", "--max_iters=20", "--resume"])
     assert hashes(finished_run)["best_checkpoint.tar"] == before
