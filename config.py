@@ -110,9 +110,9 @@ class TrainConfig:
     overwrite: bool = arg(False, "start a new run in an out_dir that holds an earlier run's checkpoints, deleting "
                                  "them (without it, such a run is refused)")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu' or 'cuda:0'")
-    dtype: str = arg("auto", "bfloat16 means autocast (weights stay float32); auto times both on this machine "
-                             "(once, cached) and picks the faster",
-                     choices=("auto", "float32", "bfloat16"))
+    dtype: str = arg("auto", "bfloat16 and float16 mean autocast (weights stay float32; float16 adds loss scaling, "
+                             "CUDA only); auto times float32 and bfloat16 on this machine (once, cached) and picks "
+                             "the faster", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = arg(False, "torch.compile the model (falls back to eager with a warning if it fails)")
     seed: int = arg(1337, "random seed for initialisation and batch sampling")
     wandb: bool = arg(False, "log metrics and config to Weights & Biases (offline unless WANDB_MODE says otherwise)")

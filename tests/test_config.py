@@ -44,7 +44,7 @@ def test_yaml_sets_fields_and_flags_override(tmp_path):
     (["--num_of_layers=0"], "num_of_layers=0 must be positive"),
     (["--batch_size=abc"], "batch_size='abc' should be a int"),
     (["--max_iters=2.5"], "max_iters='2.5' should be a int"),
-    (["--dtype=float16"], "invalid choice"),
+    (["--dtype=float64"], "invalid choice"),
     (["a.txt", "b.txt"], "unexpected argument 'b.txt'"),
 ])
 def test_bad_values_are_actionable_errors(argv, message):
