@@ -81,10 +81,15 @@ def load_checkpoint(path, expected_format: str | None = "scratchgpt-lm", require
     return state
 
 
+@dataclass
 class _Record:
-    """What both records share: to and from the plain dict in the file, save, load."""
+    """What both records hold and do: the model's weights, config and tokenizer; to and from the plain dict in the
+    file; save, load."""
     FORMAT: ClassVar[str]
     REQUIRED: ClassVar[tuple[str, ...]]  # the keys every reader of this kind needs
+    model: dict  # the state_dict
+    model_config: dict  # ModelConfig as a dict
+    tokenizer: str  # the tokenizer.json text
 
     def to_state(self) -> dict:
         """The fields that are set, as a plain dict (not dataclasses.asdict, which would deep-copy every tensor)."""
@@ -114,9 +119,6 @@ class LanguageModelCheckpoint(_Record):
     FORMAT: ClassVar[str] = "scratchgpt-lm"
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "model_config", "tokenizer")
     RESUME: ClassVar[tuple[str, ...]] = ("optimizer", "train_config", "step", "best_val_loss", "rng")
-    model: dict
-    model_config: dict
-    tokenizer: str
     train_config: dict | None = None
     optimizer: dict | None = None
     step: int | None = None
@@ -135,9 +137,6 @@ class ClassifierCheckpoint(_Record):
     """classify.py's classifier.tar: a GPT body and a head (model), the classes, the pooling, the best epoch."""
     FORMAT: ClassVar[str] = "scratchgpt-classifier"
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "model_config", "tokenizer", "classes", "pooling")
-    model: dict
-    model_config: dict
-    tokenizer: str
     classes: list
     pooling: str
     train_config: dict | None = None

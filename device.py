@@ -16,7 +16,7 @@ torch version, thread count and model shape (precision.json under the cache dire
     choose_precision("auto", device, config, B) -> (torch.bfloat16, "bfloat16 autocast: 1.9x float32 here")
     autocast(device, dtype)                     -> the context manager the forward pass runs under
 
-Read next: checkpoint.py.
+Read next: atomic.py.
 """
 import contextlib
 import dataclasses

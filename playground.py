@@ -1,7 +1,7 @@
 """Train a GPT on a text file: `python playground.py corpus.txt --embedding_dim=384 --num_of_layers=4 ...`.
 
 With no corpus it trains on the built-in Shakespeare (data.py) and prints a sample when done. The loop is the
-classic one of GPT-1/2/3 and nanoGPT:
+classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live in training.py):
 
     for each step:     lr from the schedule (linear warmup, then cosine decay to a floor; GPT-3 appendix B)
                        forward + backward on one or more micro-batches (gradient accumulation)

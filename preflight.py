@@ -9,8 +9,8 @@ Every script that writes or allocates much calls these first (playground.py, cla
     check_memory         a model, batch or sample the machine cannot hold, from a lower bound of its bytes
 
 Each failure is a UserError: one line, nothing written. playground.py then guards what happens during the run (a
-non-finite loss or weight stops it before a checkpoint is written; checkpoint.py makes every write atomic).
-Read next: playground.py.
+non-finite loss or weight stops it before a checkpoint is written; atomic.py makes every write whole or nothing).
+Read next: training.py.
 """
 import contextlib
 import os

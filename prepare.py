@@ -9,7 +9,7 @@ training then only memory-maps it. CORPUS is a text file, a directory of *.txt f
     torchrun --standalone --nproc_per_node=8 playground.py openwebtext.jsonl --tokenizer=bbpe:50257 ...
 
 Killing it at any moment leaves no cache a later run would trust (the next run, or this one again, rebuilds it).
-Read next: playground.py.
+Read next: device.py (where the model runs), then playground.py.
 """
 import sys
 from dataclasses import dataclass
