@@ -209,9 +209,22 @@ class Run:
         raise TrainingDiverged(f"{what} at step {self.step}; {kept}. Try a lower --learning_rate (now "
                                f"{self.cfg.learning_rate:g}), --grad_clip=1, or --dtype=float32")
 
-    def evaluate(self) -> dict:
-        return self.dist.evaluate(lambda: estimate_loss(self.compiled, self.tokens, self.cfg,
-                                                        self.model_cfg.block_size, self.ctx, self.device))
+    def evaluate(self, elapsed: float, say, logger=None):
+        """Train and val loss, val bits per character, said in one line; best_checkpoint.tar when val improved."""
+        losses = self.dist.evaluate(lambda: estimate_loss(self.compiled, self.tokens, self.cfg,
+                                                          self.model_cfg.block_size, self.ctx, self.device))
+        if not self.dist.is_main:
+            return
+        bpc = losses["val"] / math.log(2) / self.tokens.chars_per_token
+        improved = losses["val"] < self.best_val
+        say(f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val {bpc:.3f} "
+            f"bits/char, {elapsed:.0f}s" + (" (best so far)" if improved else ""))
+        if logger:
+            logger.log({"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
+                        "eval/val_bits_per_char": bpc}, self.step)
+        if improved:
+            self.best_val = losses["val"]
+            self.save("best_checkpoint.tar")
 
     def save(self, name: str):
         LanguageModelCheckpoint.of(
@@ -263,19 +276,7 @@ def main(argv=None):
         if last or step % cfg.eval_interval == 0 or step % cfg.checkpoint_interval == 0:
             run.check_weights_finite()  # before anything is saved
         if step % cfg.eval_interval == 0 or last:
-            losses = run.evaluate()
-            if dist.is_main:
-                bpc = losses["val"] / math.log(2) / tokens.chars_per_token
-                improved = losses["val"] < run.best_val
-                message = (f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                           f"val {bpc:.3f} bits/char, {time.perf_counter() - started:.0f}s")
-                (progress.write if progress else print)(message + (" (best so far)" if improved else ""))
-                if logger:
-                    logger.log({"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
-                                "eval/val_bits_per_char": bpc}, step)
-                if improved:
-                    run.best_val = losses["val"]
-                    run.save("best_checkpoint.tar")
+            run.evaluate(time.perf_counter() - started, progress.write if progress else print, logger)
         if dist.is_main and (step % cfg.checkpoint_interval == 0 or last):
             run.save("model_checkpoint.tar")
     if progress:
