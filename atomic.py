@@ -1,7 +1,7 @@
 """The project's one way to write a file: whole or not at all, never half of one.
 
 Every file this project writes (checkpoints, tokenizer.json, the token cache, the precision verdicts) goes through
-`atomic_write`:
+`atomic_file`:
 
     1. write to a temporary file beside the target (same folder, so same disk: the rename below cannot copy)
     2. flush it and fsync it: the bytes are on disk before the name points at them
@@ -11,8 +11,9 @@ A Ctrl-C during the write waits until it is done (then interrupts as usual), a f
 previous file is intact, and no temporary file is ever left behind. This module imports no torch, so the tokenizer
 package uses it too.
 
-    atomic_write("out/model_checkpoint.tar", lambda f: torch.save(state, f))
-    atomic_write_bytes(Path("cache/tokens.json"), b'{"num_tokens": 42}')
+    with atomic_file("out/model_checkpoint.tar") as f:
+        torch.save(state, f)
+    atomic_write_bytes("cache/tokens.json", b'{"num_tokens": 42}')
 
 Read next: checkpoint.py.
 """
@@ -52,12 +53,13 @@ def write_failure(e: Exception) -> str:
     return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)[:200]
 
 
-def atomic_write(path, write, error: type[Exception] = UserError, create_folder: bool = True):
-    """Call write(f) on a binary file beside `path`, fsync it, then rename it over `path` in one step.
+@contextlib.contextmanager
+def atomic_file(path, error: type[Exception] = UserError, create_folder: bool = True):
+    """`with atomic_file(path) as f: f.write(...)`: f is a binary file beside `path`, fsynced and renamed over `path`
+    in one step when the block ends; an exception in the block leaves `path` as it was.
 
-    A failed write (disk full, folder missing or read-only) raises `error` with one line and leaves the previous
-    file as it was. The temporary name carries the process id: under torchrun, processes writing the same cache
-    file never write into each other's temporary file."""
+    A failed write (disk full, folder missing or read-only) raises `error` with one line. The temporary name carries
+    the process id: under torchrun, processes writing the same cache file never write into each other's."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with interrupts_deferred():
@@ -65,7 +67,7 @@ def atomic_write(path, write, error: type[Exception] = UserError, create_folder:
             if create_folder:
                 path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                write(f)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
@@ -78,6 +80,13 @@ def atomic_write(path, write, error: type[Exception] = UserError, create_folder:
                 tmp.unlink()
 
 
+def atomic_write(path, write, **options):
+    """atomic_file around write(f): atomic_write(path, lambda f: torch.save(state, f))."""
+    with atomic_file(path, **options) as f:
+        write(f)
+
+
 def atomic_write_bytes(path, data: bytes, **options):
-    """atomic_write of bytes already in memory."""
-    atomic_write(path, lambda f: f.write(data), **options)
+    """atomic_file of bytes already in memory."""
+    with atomic_file(path, **options) as f:
+        f.write(data)
