@@ -54,15 +54,16 @@ def write_failure(e: Exception) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path, error: type[Exception] = UserError, create_folder: bool = True):
+def atomic_file(path, error: type[Exception] = UserError, create_folder: bool = True, defer_interrupts: bool = True):
     """`with atomic_file(path) as f: f.write(...)`: f is a binary file beside `path`, fsynced and renamed over `path`
-    in one step when the block ends; an exception in the block leaves `path` as it was.
+    in one step when the block ends; an exception in the block leaves `path` as it was. A block that streams for
+    minutes (encoding a corpus) passes defer_interrupts=False, so that Ctrl-C stops it at once.
 
     A failed write (disk full, folder missing or read-only) raises `error` with one line. The temporary name carries
     the process id: under torchrun, processes writing the same cache file never write into each other's."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with interrupts_deferred():
+    with interrupts_deferred() if defer_interrupts else contextlib.nullcontext():
         try:
             if create_folder:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ Read next: prepare.py, which builds a cache ahead of a long or multi-GPU run.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import multiprocessing
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomic import atomic_write_bytes
+from atomic import atomic_file, atomic_write_bytes
 from corpus import Corpus
 from tokenizer import Tokenizer, TokenizerError
 from tokenizer.base import smallest_id_dtype
@@ -87,36 +88,29 @@ class TokenCache:
                   f"{tokenizer.kind} tokenizer, {engine} engine, {workers} process{'es' if workers > 1 else ''} ...")
         from tqdm import tqdm
 
-        tmp_ids = self.folder / f".tokens-{self.key}.bin.{os.getpid()}.tmp"
-        tmp_docs = self.folder / f".tokens-{self.key}.docs.{os.getpid()}.tmp"
         num_tokens = num_chars = documents = 0
-        try:
-            with open(tmp_ids, "wb") as ids_file, open(tmp_docs, "wb") as docs_file, \
-                    tqdm(total=corpus.num_bytes, unit="B", unit_scale=True, disable=quiet, file=sys.stdout,
-                         mininterval=0.5 if sys.stdout.isatty() else 30.0, desc="tokenizing") as bar:
-                pieces = corpus.pieces(tokenizer.boundary)
-                for (ids, n_chars), ends_document in encode_in_order(pieces, encoder_json, workers):
-                    ids_file.write(ids.tobytes())
-                    num_tokens, num_chars = num_tokens + len(ids), num_chars + n_chars
-                    if ends_document:
-                        documents += 1
-                        if corpus.multi_document:
-                            ids_file.write(separator.tobytes())
-                            num_tokens += len(separator)
-                            docs_file.write(np.uint64(num_tokens).tobytes())
-                    bar.update(corpus.bytes_read - bar.n)  # a little ahead: the pieces in flight are read
-                for done in (ids_file, docs_file):  # on disk before the metadata says so (a power cut, not just a kill)
-                    done.flush()
-                    os.fsync(done.fileno())
-            meta = {"dtype": np.dtype(smallest_id_dtype(tokenizer.vocab_size)).name, "num_tokens": num_tokens,
-                    "num_chars": num_chars, "documents": documents}
-            os.replace(tmp_ids, self.ids_path)
-            if corpus.multi_document:
-                os.replace(tmp_docs, self.docs_path)
-            atomic_write_bytes(self.meta_path, json.dumps(meta).encode())  # last: from now on the cache is trusted
-        finally:
-            for tmp in (tmp_ids, tmp_docs):
-                tmp.unlink(missing_ok=True)
+        with contextlib.ExitStack() as files:  # each file renamed into place only if the whole encoding succeeds
+            ids_file = files.enter_context(atomic_file(self.ids_path, defer_interrupts=False))  # atomic.py
+            docs_file = files.enter_context(atomic_file(self.docs_path, defer_interrupts=False)) \
+                if corpus.multi_document else None
+            bar = files.enter_context(tqdm(total=corpus.num_bytes, unit="B", unit_scale=True, disable=quiet,
+                                           file=sys.stdout, mininterval=0.5 if sys.stdout.isatty() else 30.0,
+                                           desc="tokenizing"))
+            pieces = corpus.pieces(tokenizer.boundary)
+            for (ids, n_chars), ends_document in encode_in_order(pieces, encoder_json, workers):
+                ids_file.write(ids.tobytes())
+                num_tokens, num_chars = num_tokens + len(ids), num_chars + n_chars
+                if ends_document:
+                    documents += 1
+                    if docs_file is not None:
+                        ids_file.write(separator.tobytes())
+                        num_tokens += len(separator)
+                        docs_file.write(np.uint64(num_tokens).tobytes())
+                bar.update(corpus.bytes_read - bar.n)  # a little ahead: the pieces in flight are read
+        # Both files are fsynced and renamed into place before the metadata trusts them (a power cut, not only a kill).
+        meta = {"dtype": np.dtype(smallest_id_dtype(tokenizer.vocab_size)).name, "num_tokens": num_tokens,
+                "num_chars": num_chars, "documents": documents}
+        atomic_write_bytes(self.meta_path, json.dumps(meta).encode())  # last: from now on the cache is trusted
         return meta
 
     def _separator(self) -> np.ndarray:
