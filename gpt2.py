@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
+from atomic import atomic_file, atomic_write_bytes
 from config import ModelConfig, UserError
 from gpt import GPT
 from tokenizer import EOT, ByteLevelBPETokenizer, Tokenizer, TokenizerError
-from tokenizer.base import atomic_write
 from tokenizer.hf_reference import UNK
 
 BLOCK_NAMES = [("ln_1", "ln_1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.proj", True),
@@ -274,9 +274,9 @@ def save_pretrained(model: GPT, tokenizer: Tokenizer, out_dir: str) -> list[str]
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a directory to write the model into")
     out.mkdir(parents=True, exist_ok=True)
-    weights_path, tmp = out / "model.safetensors", out / ".model.safetensors.tmp"
-    save_file(to_hf_state_dict(model.state_dict(), model.config.num_of_layers), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, weights_path)  # atomic, like every other file written here
+    with atomic_file(out / "model.safetensors") as f:  # atomic.py, like every other file written here
+        # safetensors writes by file name: into the temporary file atomic_file holds open, then renames
+        save_file(to_hf_state_dict(model.state_dict(), model.config.num_of_layers), f.name, metadata={"format": "pt"})
     specials = {}
     if tokenizer.eot_id is not None:
         specials = {"bos_token": EOT, "eos_token": EOT}
@@ -289,7 +289,7 @@ def save_pretrained(model: GPT, tokenizer: Tokenizer, out_dir: str) -> list[str]
                   "max_length": model.config.block_size}
     files = {"config.json": config, "tokenizer_config.json": tokenizer_config, "generation_config.json": generation}
     for name, content in files.items():
-        atomic_write(str(out / name), json.dumps(content, indent=2) + "\n")
+        atomic_write_bytes(out / name, (json.dumps(content, indent=2) + "\n").encode())
     tokenizer.save(str(out / "tokenizer.json"))
     return [str(out / name) for name in ("config.json", "model.safetensors", "tokenizer.json",
                                          "tokenizer_config.json", "generation_config.json")]

@@ -3,7 +3,6 @@
 Every GPT-2 here is built in the test: random weights, 2 layers x 64 wide, a byte-level BPE vocabulary trained on a
 small text and laid out the way OpenAI's files are (<|endoftext|> last), saved with save_pretrained. No network.
 """
-import dataclasses
 import json
 
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 import export
 import generate
 import gpt2
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import LanguageModelCheckpoint, load_checkpoint
 from config import ModelConfig, UserError, run_main
 from gpt import GPT
 from tokenizer import EOT, TokenizerError, train_tokenizer
@@ -194,8 +193,7 @@ def scratch_checkpoint(folder, corpus, kind, **model_settings):
                          num_of_heads=4, **model_settings)
     model = GPT(config).eval()
     path = folder / "model_checkpoint.tar"
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(config),
-                           "tokenizer": tokenizer.to_json(), "step": 0})
+    LanguageModelCheckpoint.of(model, tokenizer, step=0).save(path)
     return path, model, tokenizer
 
 
@@ -345,5 +343,5 @@ def test_classify_fine_tunes_a_gpt2_directory(gpt2_dir, tmp_path):
                                          body_learning_rate=1e-3)
     result = classify.train(cfg, quiet=True)
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
-    model, tokenizer, state = classify.load_classifier(str(tmp_path / "out" / "classifier.tar"), "cpu")
-    assert state["model_config"]["activation"] == "gelu_tanh" and tokenizer.eot_id == 299
+    model, tokenizer, found = classify.load_classifier(str(tmp_path / "out" / "classifier.tar"), "cpu")
+    assert found.model_config["activation"] == "gelu_tanh" and tokenizer.eot_id == 299
