@@ -23,6 +23,7 @@ Read next: preflight.py, then playground.py.
 """
 import dataclasses
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,13 +203,15 @@ def model_from_checkpoint(checkpoint, device="cpu", backend: str | None = None,
     return model.to(device).eval(), tokenizer
 
 
-def load_model(path, device="cpu", backend: str | None = None) -> tuple[GPT, Tokenizer, dict]:
+def load_model(path, device="cpu", backend: str | None = None) -> tuple[GPT, Tokenizer,
+                                                                       LanguageModelCheckpoint | None]:
     """The one loader of a language model: a checkpoint file written here, or a Hugging Face GPT-2 directory or hub
-    name (gpt2.py). Returns (the GPT in eval mode on `device`, its tokenizer, the checkpoint dict; {} for GPT-2)."""
+    name (gpt2.py). Returns (the GPT in eval mode on `device`, its tokenizer, the checkpoint's record; None for
+    GPT-2)."""
     if os.path.isfile(path) or str(path).endswith(".tar"):
-        state = load_checkpoint(path)
-        return (*model_from_checkpoint(state, device, backend, source=str(path)), state)
+        found = LanguageModelCheckpoint.load(path)
+        return (*model_from_checkpoint(found, device, backend, source=str(path)), found)
     import gpt2  # gpt2.py builds on gpt.py and config.py only
 
     settings = {} if backend is None else {"attention_backend": backend}
-    return (*gpt2.load_pretrained(str(path), device=device, **settings), {})
+    return (*gpt2.load_pretrained(str(path), device=device, **settings), None)
