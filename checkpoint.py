@@ -16,6 +16,7 @@ everything needed to resume a run exactly and to generate without side files:
     best_val_loss      the lowest validation loss so far
     rng                torch's CPU RNG state (dropout); a GPU's generator is not saved
     scaler             the float16 loss scaler's state (training.py), None in float32 and bfloat16
+    history            every evaluation so far: [{step, tokens, train, val, bpc, lr}, ...] (plot.py draws it)
 
 ClassifierCheckpoint ("scratchgpt-classifier", written by `classify.py train`) holds the GPT body and head, the
 class names and the pooling, plus the best epoch's figures. Both are written through atomic.py: whole or not at all.
@@ -126,6 +127,7 @@ class LanguageModelCheckpoint(_Record):
     best_val_loss: float = math.inf
     rng: dict | None = None
     scaler: dict | None = None
+    history: list | None = None
 
     @classmethod
     def of(cls, model: GPT, tokenizer: Tokenizer, **fields) -> "LanguageModelCheckpoint":

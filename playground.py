@@ -7,7 +7,7 @@ classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live i
                        forward + backward on one or more micro-batches (gradient accumulation)
                        clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
     every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
-                                      best_checkpoint.tar when val loss improves
+                                      best_checkpoint.tar when val loss improves, curves.png (plot.py)
     every checkpoint_interval steps:  model_checkpoint.tar (everything needed to resume exactly)
 
 `--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
@@ -28,6 +28,7 @@ import torch
 
 import data
 import gpt2
+import plot
 from checkpoint import LanguageModelCheckpoint, load_weights, model_config_from
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from device import autocast, choose_precision, describe, resolve_device
@@ -160,6 +161,8 @@ class Run:
                                                             (train_cfg.beta1, train_cfg.beta2))
         self.stepper = OptimizerStep(self.raw_model, self.optimizer, train_cfg.grad_clip, self.dtype, self.device)
         self.step, self.best_val = 0, float("inf")
+        self.history = list(resumed.history or []) if resumed else []  # every evaluation: the curves
+        self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
         if resumed:
             self.resume_from(resumed)
         self.saved_step = self.step if resumed else None  # model_checkpoint.tar on disk holds this step
@@ -209,7 +212,7 @@ class Run:
         raise TrainingDiverged(f"{what} at step {self.step}; {kept}. Try a lower --learning_rate (now "
                                f"{self.cfg.learning_rate:g}), --grad_clip=1, or --dtype=float32")
 
-    def evaluate(self, elapsed: float, say, logger=None):
+    def evaluate(self, lr: float, elapsed: float, say, logger=None):
         """Train and val loss, val bits per character, said in one line; best_checkpoint.tar when val improved."""
         losses = self.dist.evaluate(lambda: estimate_loss(self.compiled, self.tokens, self.cfg,
                                                           self.model_cfg.block_size, self.ctx, self.device))
@@ -219,6 +222,8 @@ class Run:
         improved = losses["val"] < self.best_val
         say(f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val {bpc:.3f} "
             f"bits/char, {elapsed:.0f}s" + (" (best so far)" if improved else ""))
+        self.history.append({"step": self.step, "tokens": self.step * self.tokens_per_step, "train": losses["train"],
+                             "val": losses["val"], "bpc": bpc, "lr": lr})
         if logger:
             logger.log({"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
                         "eval/val_bits_per_char": bpc}, self.step)
@@ -230,10 +235,15 @@ class Run:
         LanguageModelCheckpoint.of(
             self.raw_model, self.tokenizer, train_config=dataclasses.asdict(self.cfg),
             optimizer=self.optimizer.state_dict(), step=self.step, best_val_loss=self.best_val,
-            rng={"torch": torch.get_rng_state()}, scaler=self.stepper.scaler_state(),
+            rng={"torch": torch.get_rng_state()}, scaler=self.stepper.scaler_state(), history=self.history,
         ).save(os.path.join(self.cfg.out_dir, name))
         if name == "model_checkpoint.tar":
             self.saved_step = self.step
+
+    def draw_curves(self):
+        """out_dir/curves.png of the eval history (plot.py), drawn after the checkpoints: a failed write draws none."""
+        plot.training_curves({self.cfg.out_dir: self.history}, os.path.join(self.cfg.out_dir, "curves.png"),
+                             [learning_rate(s, self.cfg) for s in range(self.cfg.max_iters)])
 
 
 def delete_earlier_run(out_dir: str):
@@ -252,7 +262,6 @@ def main(argv=None):
     corpus, tokenizer, tokens, model_cfg, pretrained = load_data(model_cfg, train_cfg, resumed, explicit, dist)
     run = Run(model_cfg, train_cfg, tokenizer, tokens, resumed, dist, device, pretrained)
     cfg, out_dir = train_cfg, train_cfg.out_dir
-    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
     if dist.is_main:
         print_summary(run, corpus.path, run.precision if cfg.dtype == "auto" else describe(run.dtype))
     logger = WandbLogger(cfg, model_cfg) if cfg.wandb and dist.is_main else None
@@ -265,7 +274,7 @@ def main(argv=None):
         lr = learning_rate(run.step, cfg)
         train_loss = run.train_step(lr)
         step, last = run.step, run.step == cfg.max_iters
-        tokens_seen += tokens_per_step
+        tokens_seen += run.tokens_per_step
         tokens_per_sec = tokens_seen / (time.perf_counter() - started)
         if progress:
             progress.update(1)
@@ -276,9 +285,11 @@ def main(argv=None):
         if last or step % cfg.eval_interval == 0 or step % cfg.checkpoint_interval == 0:
             run.check_weights_finite()  # before anything is saved
         if step % cfg.eval_interval == 0 or last:
-            run.evaluate(time.perf_counter() - started, progress.write if progress else print, logger)
+            run.evaluate(lr, time.perf_counter() - started, progress.write if progress else print, logger)
         if dist.is_main and (step % cfg.checkpoint_interval == 0 or last):
             run.save("model_checkpoint.tar")
+        if dist.is_main and run.history and run.history[-1]["step"] == step:
+            run.draw_curves()
     if progress:
         progress.close()
     if dist.is_main:
@@ -308,8 +319,7 @@ def print_summary(run: Run, corpus: str, precision: str):
                         f"accumulated{processes})")
     if dist.enabled:
         scope = "global "
-    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
-    print(f"training: {tokens_per_step:,} {scope}tokens per step{accumulation}, steps {run.step} -> "
+    print(f"training: {run.tokens_per_step:,} {scope}tokens per step{accumulation}, steps {run.step} -> "
           f"{cfg.max_iters}, lr {cfg.learning_rate:g} (warmup {cfg.warmup_iters}, cosine to "
           f"{cfg.min_lr:g} at {cfg.lr_decay_iters or cfg.max_iters}), device {run.device}")
     print(f"precision: {precision}")
