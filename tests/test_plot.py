@@ -1,6 +1,5 @@
 """plot.py: every picture renders to a real, non-blank PNG of its size, headless; the attention weights drawn are the
 formula's; a resumed run's curves keep every earlier point; bad inputs are one clear line."""
-import dataclasses
 import os
 import subprocess
 import sys
@@ -47,8 +46,7 @@ def ckpt(tmp_path):
     tokenizer = CharTokenizer.train(TEXT)
     model = tiny_model(tokenizer.vocab_size)
     path = tmp_path / "best_checkpoint.tar"
-    checkpoint.save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-                                      "tokenizer": tokenizer.to_json(), "step": 0})
+    checkpoint.LanguageModelCheckpoint.of(model, tokenizer, step=0).save(path)
     return path
 
 
