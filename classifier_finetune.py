@@ -22,9 +22,8 @@ import torch.nn.functional as F
 
 import classifier_data as cd
 from config import UserError
-from training import make_progress_bar
+from training import OptimizerStep, lr_factor, make_progress_bar
 
-WARMUP_FRACTION = 0.1  # of all steps: linear warmup, then linear decay to 0 (GPT-1 section 4.1 fine-tuning)
 MIN_LOSS_GAIN = 1e-3  # nats: at equal accuracy, a smaller drop in validation loss is not an improvement
 
 
@@ -37,14 +36,6 @@ def make_optimizer(model, cfg) -> torch.optim.AdamW:
         groups.append({"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "peak_lr": lr})
         groups.append({"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "peak_lr": lr})
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
-
-
-def lr_factor(step: int, total: int) -> float:
-    """Linear warmup over the first WARMUP_FRACTION of the steps, then linear decay to 0 (GPT-1 section 4.1)."""
-    warmup = max(1, int(total * WARMUP_FRACTION))
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator):

@@ -135,8 +135,8 @@ def test_a_fine_tune_worse_than_the_probe_falls_back_to_the_probe_and_says_so(tm
     assert result["step"] == 0 and result["val_accuracy"] == result["probe_accuracy"] > 0.5
     assert "fine-tuning never beat the linear probe on the validation set: classifier.tar holds the probe" in \
         capsys.readouterr().out
-    model, tokenizer, state = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
-    assert state["step"] == 0 and model.head.weight.abs().sum() > 0  # the probe's head, not the ruined one
+    model, tokenizer, found = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
+    assert found.step == 0 and model.head.weight.abs().sum() > 0  # the probe's head, not the ruined one
 
 
 def test_bag_of_words_baseline():
