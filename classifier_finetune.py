@@ -14,7 +14,6 @@ enough updates, and the best evaluation, not the last, is what is kept: on small
 Shape letters: B batch, T time (tokens), K num_classes.
 Read next: classifier_baselines.py (what the fine-tune must beat).
 """
-import math
 import time
 
 import torch
@@ -46,7 +45,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
-def train_step(model, optimizer, split, chunk: list[int], cfg, ctx, device):
+def train_step(model, stepper: OptimizerStep, split, chunk: list[int], cfg, ctx, device):
     """One optimizer step on the texts `chunk`: (classification loss L2, language-model loss L1) as numbers."""
     idx, mask = cd.pad_batch([split.train_x[i] for i in chunk], device)  # (B, T), (B, T)
     targets = torch.tensor([split.train_y[i] for i in chunk], device=device)  # (B,)
@@ -54,14 +53,12 @@ def train_step(model, optimizer, split, chunk: list[int], cfg, ctx, device):
         logits, lm_loss = model.logits_and_lm_loss(idx, mask)  # (B, K), a number
         loss = F.cross_entropy(logits.float(), targets)
         total = loss + cfg.lm_loss_weight * lm_loss  # GPT-1 section 3.2: L3 = L2 + lambda * L1
-    if not math.isfinite(total.item()):
-        raise UserError(f"loss became {total.item()}; try a lower --learning_rate (now {cfg.learning_rate:g}) "
-                        f"or --dtype=float32")
-    total.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    stepper.backward(total)
+
+    def stop(what: str):  # a nan/inf loss
+        raise UserError(f"{what}; try a lower --learning_rate (now {cfg.learning_rate:g}) or --dtype=float32")
+
+    stepper.step(total.item(), stop)  # the nan guard, clipping, AdamW (training.py)
     return loss.item(), lm_loss.item()
 
 
@@ -95,6 +92,7 @@ def fine_tune(model, split, probe: dict, cfg, ctx, device, say, logger=None):
     """Fine-tune everything for up to max_steps, evaluating every eval_interval steps; leave in `model` the weights of
     the best evaluation, the probe (step 0) included. Returns (best evaluation, history of evaluations)."""
     optimizer = make_optimizer(model, cfg)
+    stepper = OptimizerStep(model, optimizer, cfg.grad_clip, torch.float32, device)  # float32/bfloat16: no scaling
     generator = torch.Generator().manual_seed(cfg.seed)
     stream = batches(len(split.train_x), cfg.batch_size, generator)
     best, best_state, history, waited = probe, copy_state(model), [], 0
@@ -104,7 +102,7 @@ def fine_tune(model, split, probe: dict, cfg, ctx, device, say, logger=None):
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(step - 1, cfg.max_steps)
-        loss, lm_loss = train_step(model, optimizer, split, next(stream), cfg, ctx, device)
+        loss, lm_loss = train_step(model, stepper, split, next(stream), cfg, ctx, device)
         sums = [sums[0] + loss, sums[1] + lm_loss, sums[2] + 1]
         if progress:
             progress.update(1)
