@@ -13,7 +13,7 @@ projections that write into the residual stream drawn with std 0.02/sqrt(2 * num
 does not grow with depth (GPT-2 section 2.3).
 
 Shape letters (the README's alphabet): B batch, T time (tokens), C embedding_dim, V vocab_size.
-Read next: playground.py, which trains this model.
+Read next: tokenizer/ (its README gives the order), how text becomes the ids this model reads.
 """
 import math
 

@@ -14,7 +14,8 @@ classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live i
 same weights. Under torchrun, each process takes its share of the micro-batches (distributed.py).
 Nothing is lost: a fresh run refuses an out_dir that holds checkpoints (--overwrite to start over), what can be
 refused is refused before any work (preflight.py), and a nan/inf loss or weight stops the run before it is saved.
-Read next: generate.py, which samples from the checkpoints written here.
+Read next: distributed.py, the same loop on several processes; then generate.py, which samples from the
+checkpoints written here.
 """
 import contextlib
 import dataclasses

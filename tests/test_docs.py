@@ -42,3 +42,29 @@ def test_nothing_points_outside_the_repository():
     for path in project_files():
         text = path.read_text(encoding="utf-8")
         assert "shared/docs" not in text and "../shared" not in text, path.relative_to(ROOT)
+
+
+def reading_order() -> list[list[str]]:
+    """The README's numbered reading order: the files (or folders) each item names, in order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Reading order", 1)[1].split("\n## ", 1)[0]
+    items = re.split(r"\n\d+\. ", "\n" + section)[1:]
+    return [re.findall(r"`([\w/]+(?:\.py|/))`", item) for item in items]
+
+
+def read_next(path: Path) -> str:
+    """The "Read next:" line of a module's docstring, with its continuation line."""
+    match = re.search(r"^Read next: (.*(?:\n(?!\"\"\").*)?)", path.read_text(encoding="utf-8"), re.M)
+    assert match, f"{path.relative_to(ROOT)} has no 'Read next:' line"
+    return match.group(1)
+
+
+def test_each_files_read_next_line_follows_the_readme_reading_order():
+    groups = [g for g in reading_order() if g and g[0] not in ("tests/", "bench/")]
+    assert len(groups) >= 10
+    for here, after in zip(groups, groups[1:]):
+        for name in here:
+            path = ROOT / (name + "train_tokenizer.py" if name == "tokenizer/" else name)
+            allowed = [n for n in here if n != name] + after
+            assert any(n.rstrip("/") in read_next(path) for n in allowed), \
+                f"{path.relative_to(ROOT)} reads next {read_next(path)!r}; the README goes on with {after}"

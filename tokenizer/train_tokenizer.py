@@ -8,7 +8,7 @@ corpus per token) and time. Any problem with the input prints one `error: ...` l
 prints `interrupted` and exits with status 130.
 For "char" VOCAB_SIZE is ignored: the vocabulary is the corpus's distinct characters.
 
-This is the last file of the package; the model side starts at the repository's README.
+Read next: corpus.py (in the repository's root), how a corpus of any size reaches the tokenizer.
 """
 from __future__ import annotations
 
