@@ -50,23 +50,35 @@ class Example:
 # 1. Examples from a file
 
 
+def _decoded(file: Path, read):
+    """read(), with a file that is not UTF-8 or not valid CSV turned into one line that names it."""
+    try:
+        return read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{file} is not UTF-8 (invalid byte at offset {e.start}); convert it first") from None
+    except csv.Error as e:
+        raise UserError(f"{file} is not a valid CSV file: {e}") from None
+
+
+def _read_table(file: Path):
+    """(rows, columns) of a .csv, .tsv or .jsonl file; None for any other kind of file."""
+    suffix = file.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return _decoded(file, lambda: _read_csv(file, "\t" if suffix == ".tsv" else ","))
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return _decoded(file, lambda: _read_jsonl(file))
+    return None
+
+
 def read_examples(path: str, text_column: str, label_column: str) -> tuple[list[Example], list[int]]:
     """The (text, label) rows of a .csv, .tsv or .jsonl file, and the line numbers of rows skipped as empty."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"no data file at {path}; give a .csv or .jsonl file, or leave DATA out for the built-in demo")
-    suffix = file.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            rows, columns = _read_csv(file, "\t" if suffix == ".tsv" else ",")
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            rows, columns = _read_jsonl(file)
-        else:
-            raise UserError(f"{path}: unknown file type {suffix or '(none)'}; use .csv, .tsv or .jsonl")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 (invalid byte at offset {e.start}); convert it first") from None
-    except csv.Error as e:
-        raise UserError(f"{path} is not a valid CSV file: {e}") from None
+    table = _read_table(file)
+    if table is None:
+        raise UserError(f"{path}: unknown file type {file.suffix or '(none)'}; use .csv, .tsv or .jsonl")
+    rows, columns = table
     for name, flag in ((text_column, "text_column"), (label_column, "label_column")):
         if name not in columns:
             found = ", ".join(repr(c) for c in columns) or "none"
@@ -346,19 +358,11 @@ def read_texts(path: str, text_column: str) -> list[tuple[int, str]]:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"no file of texts at {path}; give a .txt (one text per line), .csv or .jsonl file")
-    suffix = file.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            rows, columns = _read_csv(file, "\t" if suffix == ".tsv" else ",")
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            rows, columns = _read_jsonl(file)
-        else:
-            lines = file.read_text(encoding="utf-8-sig").splitlines()
-            return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 (invalid byte at offset {e.start}); convert it first") from None
-    except csv.Error as e:
-        raise UserError(f"{path} is not a valid CSV file: {e}") from None
+    table = _read_table(file)
+    if table is None:
+        lines = _decoded(file, lambda: file.read_text(encoding="utf-8-sig").splitlines())
+        return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    rows, columns = table
     if text_column not in columns:
         found = ", ".join(repr(c) for c in columns) or "none"
         raise UserError(f"{path} has no column {text_column!r} (its columns: {found}); name it with --text_column")

@@ -13,3 +13,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+import pytest  # noqa: E402  (after the environment is set, before any test imports torch)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache directory of the test's own, so that no test reads what another one cached."""
+    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))

@@ -21,9 +21,7 @@ import token_cache
 from tokenizer import EOT, TokenizerError, train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a cache of its own per test
 
 
 def test_markdown_play_becomes_plain_text():

@@ -11,9 +11,7 @@ CPU = torch.device("cpu")
 TINY = ModelConfig(vocab_size=11, block_size=16, embedding_dim=32, num_of_layers=2, num_of_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a cache of its own per test
 
 
 @pytest.fixture

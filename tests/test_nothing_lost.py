@@ -26,15 +26,12 @@ import preflight
 import sampling
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from tokenizer import TokenizerError
+from tiny import TINY
 
 ROOT = Path(__file__).parent.parent
-TINY = ["--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2", "--batch_size=8",
-        "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--device=cpu", "--learning_rate=3e-3"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCRATCHGPT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a cache of its own per test
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ import plot
 from config import ModelConfig, UserError, run_main
 from gpt import GPT
 from tokenizer import CharTokenizer, TokenizerError
+from tiny import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
-TINY = ["--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2", "--batch_size=8",
-        "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--device=cpu", "--learning_rate=3e-3"]
 
 
 def assert_png(path, fig):
