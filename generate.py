@@ -17,8 +17,8 @@ sampler's temperature, top-k or top-p reshape them (see sampling.py).
 
 Samples go to stdout (with a `--- sample i/n ---` line before each when there are several); what was loaded and how
 fast it ran go to stderr, so `python generate.py ... > out.txt` keeps only the text. The pictures (--attention_map,
---plot) are drawn by plot.py.
-Read next: sampling.py (the loop, the sampler, the KV cache policy) if you came here first, then plot.py.
+--plot) are drawn by pictures.py.
+Read next: sampling.py (the loop, the sampler, the KV cache policy) if you came here first, then pictures.py.
 """
 import os
 import sys
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-import plot
+import pictures
 from checkpoint import load_model
 from config import UserError, arg, check_numbers, load_config, run_main
 from device import resolve_device
@@ -249,7 +249,7 @@ def draw_attention(model, tokenizer, prompt_ids: list[int], cfg: GenerateConfig)
     layers = None if cfg.layer is None else [cfg.layer]
     heads = None if cfg.head is None else [cfg.head]
     tokens = [tokenizer.token_str(t) for t in prompt_ids]
-    plot.attention_maps(weights, tokens, cfg.attention_map, layers, heads)
+    pictures.attention_maps(weights, tokens, cfg.attention_map, layers, heads)
     note(f"wrote {cfg.attention_map}: attention of {len(prompt_ids)} prompt tokens")
 
 
@@ -261,9 +261,9 @@ def draw_probabilities(tokenizer, prompt_ids, sample, cfg: GenerateConfig, max_s
         if len(new_ids) > max_steps:
             note(f"the chart shows the first {max_steps} of {len(new_ids)} steps")
         top_text = [[tokenizer.token_str(t) for t in row] for row in top_ids[:max_steps]]
-        plot.alternatives_chart(text[:max_steps], top_text, top_probs[:max_steps], cfg.plot)
+        pictures.alternatives_chart(text[:max_steps], top_text, top_probs[:max_steps], cfg.plot)
     else:
-        plot.probability_text([tokenizer.token_str(t) for t in prompt_ids], text, probs, cfg.plot)
+        pictures.probability_text([tokenizer.token_str(t) for t in prompt_ids], text, probs, cfg.plot)
     note(f"wrote {cfg.plot}")
 
 
@@ -271,7 +271,7 @@ def main(argv=None):
     (cfg,), _ = load_config(sys.argv[1:] if argv is None else argv, (GenerateConfig,), __doc__.splitlines()[0])
     for picture in (cfg.attention_map, cfg.plot):
         if picture:
-            plot.check_output(picture)  # before any work
+            pictures.check_output(picture)  # before any work
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)

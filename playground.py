@@ -7,7 +7,7 @@ classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live i
                        forward + backward on one or more micro-batches (gradient accumulation)
                        clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
     every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
-                                      best_checkpoint.tar when val loss improves, curves.png (plot.py)
+                                      best_checkpoint.tar when val loss improves, curves.png (pictures.py)
     every checkpoint_interval steps:  model_checkpoint.tar (everything needed to resume exactly)
 
 `--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
@@ -29,7 +29,7 @@ import torch
 
 import data
 import gpt2
-import plot
+import pictures
 from checkpoint import LanguageModelCheckpoint, load_weights, model_config_from
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from device import autocast, choose_precision, describe, resolve_device
@@ -242,8 +242,8 @@ class Run:
             self.saved_step = self.step
 
     def draw_curves(self):
-        """out_dir/curves.png of the eval history (plot.py), drawn after the checkpoints: a failed write draws none."""
-        plot.training_curves({self.cfg.out_dir: self.history}, os.path.join(self.cfg.out_dir, "curves.png"),
+        """out_dir/curves.png of the eval history (pictures.py), drawn after the checkpoints: a failed write draws none."""
+        pictures.training_curves({self.cfg.out_dir: self.history}, os.path.join(self.cfg.out_dir, "curves.png"),
                              [learning_rate(s, self.cfg) for s in range(self.cfg.max_iters)])
 
 

@@ -41,7 +41,8 @@ def test_every_char_vocabulary_figure_is_the_corpus(corpus):
 def test_nothing_points_outside_the_repository():
     for path in project_files():
         text = path.read_text(encoding="utf-8")
-        assert "shared/docs" not in text and "../shared" not in text, path.relative_to(ROOT)
+        outside = ("shared" + "/docs", ".." + "/shared")  # spelled in parts so that this file does not match
+        assert not any(name in text for name in outside), path.relative_to(ROOT)
 
 
 def reading_order() -> list[list[str]]:

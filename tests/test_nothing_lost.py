@@ -45,7 +45,7 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def finished_run(corpus, tmp_path):
-    """out_dir of a finished 10-step run: model_checkpoint.tar, best_checkpoint.tar and curves.png (plot.py)."""
+    """out_dir of a finished 10-step run: model_checkpoint.tar, best_checkpoint.tar and curves.png (pictures.py)."""
     out = tmp_path / "run"
     playground.main([corpus, f"--out_dir={out}", *TINY, "--max_iters=10", "--eval_interval=5"])
     return out

@@ -10,6 +10,7 @@ import torch
 import checkpoint
 import generate
 import playground
+import pictures
 import plot
 from config import ModelConfig, UserError, run_main
 from gpt import GPT
@@ -58,11 +59,11 @@ def keep_torch_threads(monkeypatch, tmp_path):
 
 
 def record(monkeypatch, *names) -> list:
-    """Wrap plot's drawing functions so that the test sees each Figure they return (and save)."""
+    """Wrap pictures.py's drawing functions so that the test sees each Figure they return (and save)."""
     figures = []
     for name in names:
-        draw = getattr(plot, name)
-        monkeypatch.setattr(plot, name, lambda *a, _draw=draw, **k: figures.append(_draw(*a, **k)) or figures[-1])
+        draw = getattr(pictures, name)
+        monkeypatch.setattr(pictures, name, lambda *a, _draw=draw, **k: figures.append(_draw(*a, **k)) or figures[-1])
     return figures
 
 
@@ -167,10 +168,10 @@ def test_embeddings_picture(capsys, monkeypatch, ckpt, tmp_path):
 
 
 def test_embedding_kinds_and_token_labels():
-    assert [plot.embedding_kind(t) for t in "aZ7?\n b"] == ["vowel", "capital", "digit", "punctuation", "space",
+    assert [pictures.embedding_kind(t) for t in "aZ7?\n b"] == ["vowel", "capital", "digit", "punctuation", "space",
                                                             "space", "consonant"]
-    assert plot.embedding_kind(" the") == "word"
-    assert plot.token_label(" the\n") == "␣the↵" and plot.token_label("\x00") == "\\x00"
+    assert pictures.embedding_kind(" the") == "word"
+    assert pictures.token_label(" the\n") == "␣the↵" and pictures.token_label("\x00") == "\\x00"
 
 
 # --- training curves
@@ -214,7 +215,7 @@ def test_drawing_curves_changes_nothing_in_training(tmp_path, monkeypatch):
     corpus = small_corpus(tmp_path)
     playground.main([corpus, f"--out_dir={tmp_path / 'drawn'}", *TINY, "--max_iters=6", "--eval_interval=2",
                      "--dropout=0.1"])
-    monkeypatch.setattr(plot, "training_curves", lambda *a, **k: None)
+    monkeypatch.setattr(pictures, "training_curves", lambda *a, **k: None)
     playground.main([corpus, f"--out_dir={tmp_path / 'plain'}", *TINY, "--max_iters=6", "--eval_interval=2",
                      "--dropout=0.1"])
     drawn, plain = (checkpoint.load_checkpoint(tmp_path / d / "model_checkpoint.tar") for d in ("drawn", "plain"))
@@ -249,12 +250,12 @@ def test_overlay_of_several_runs_labels_them_by_what_differs(capsys, tmp_path, m
     labels = [line.get_label() for line in figures[0].axes[0].get_lines()]
     assert labels[:2] == ["embedding_dim=32, learning_rate=0.001: train", "embedding_dim=32, learning_rate=0.001: val"]
     assert labels[-1] == "embedding_dim=64, learning_rate=0.004: val"
-    assert plot.run_labels({"x/a": {"seed": 1, "out_dir": "a"}, "x/b": {"seed": 1, "out_dir": "b"}}) == \
+    assert pictures.run_labels({"x/a": {"seed": 1, "out_dir": "a"}, "x/b": {"seed": 1, "out_dir": "b"}}) == \
         {"x/a": "a", "x/b": "b"}
 
 
 def test_runs_with_different_tokenizers_are_compared_in_bits_per_character(tmp_path):
-    fig = plot.training_curves({"char": fake_history(factor=1.44), "bbpe": fake_history(scale=2, factor=0.6)},
+    fig = pictures.training_curves({"char": fake_history(factor=1.44), "bbpe": fake_history(scale=2, factor=0.6)},
                                tmp_path / "bpc.png")
     assert_png(tmp_path / "bpc.png", fig)
     assert fig.axes[0].get_ylabel() == "val bits per character"
@@ -298,14 +299,14 @@ def test_plot_bad_inputs_are_one_clear_line(capsys, ckpt, tmp_path):
     assert "has no evaluation history" in cli_error(capsys, plot.main, str(ckpt))
     assert "unrecognized arguments" in cli_error(capsys, plot.main, str(tmp_path), "--nope")
     with pytest.raises(UserError, match="cannot write"):
-        plot.training_curves({"a": fake_history()}, tmp_path / "curves.nosuchformat")
+        pictures.training_curves({"a": fake_history()}, tmp_path / "curves.nosuchformat")
 
 
 def test_headless_and_no_matplotlib_until_something_is_drawn(tmp_path):
     """In a fresh process without a display: importing the scripts loads no matplotlib; drawing never loads pyplot."""
-    code = ("import sys, torch, playground, generate, plot\n"
+    code = ("import sys, torch, playground, generate, pictures, plot\n"
             "assert 'matplotlib' not in sys.modules\n"
-            "plot.attention_maps(torch.rand(1, 1, 3, 3), ['a', ' ', 'b'], sys.argv[1])\n"
+            "pictures.attention_maps(torch.rand(1, 1, 3, 3), ['a', ' ', 'b'], sys.argv[1])\n"
             "assert 'matplotlib' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png")], cwd=ROOT, env=env,
