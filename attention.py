@@ -11,6 +11,8 @@ Three pieces:
 - `MultiHeadAttention`: section 3.2.2 — project the input to queries, keys and values, split them into heads, attend
   in every head at once, merge the heads and project back. Causal (GPT) or bidirectional (BERT), with an optional
   padding mask, and a key/value cache so that generating one more token costs one position, not the whole context.
+  Two options of the modern recipe act on q and k here: rotary position embeddings (`Rotary`, Su et al. 2021) and
+  QK-norm (each head's queries and keys scaled to unit RMS before the scores, Henry et al. 2020).
 
 Shape letters used in the comments:
     B batch, H heads, L query length, S key length, D query/key size (the head size, C // H), Dv value size,
@@ -259,6 +261,43 @@ class KVCache:
         self.length = length
 
 
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021, "RoFormer", section 3.4): position enters attention by
+    turning q and k, not by adding a vector to the token embedding.
+
+    Each head's D channels are paired up, channel i with channel i + D/2, and each pair is a point in a plane. At
+    position m the pair is rotated by the angle m * theta_i, with theta_i = base^(-2i/D): fast turns in the first
+    pairs, slow ones in the last. A score q_m . k_n then depends on the rotations only through m - n (rotating both
+    points by the same extra angle leaves their dot product unchanged), so attention sees relative positions, and
+    there is no position table to learn or to outgrow. base = 10000 is the paper's (and Llama's) choice.
+
+    The cos and sin of every angle up to max_len are computed once; they are buffers, not parameters, and are not
+    saved in checkpoints (persistent=False): they are a function of the shape alone.
+    """
+
+    def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        if head_size % 2:
+            raise ValueError(f"rotary embeddings pair up channels: head size {head_size} must be even")
+        theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)  # (D/2,)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * theta  # (max_len, D/2), position m * theta_i
+        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_len, D/2)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)  # (max_len, D/2)
+
+    def forward(self, x, start: int = 0):
+        """x: (B, H, T, D), positions start .. start + T - 1 -> the same shape, every channel pair rotated."""
+        T = x.size(-2)
+        cos = self.cos[start:start + T].to(x.dtype)  # (T, D/2)
+        sin = self.sin[start:start + T].to(x.dtype)  # (T, D/2)
+        x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, H, T, D/2): the two coordinates of every pair
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, D), each pair turned
+
+
+def rms_normalize(x, eps: float = 1e-6):
+    """x / RMS(x) over the last dimension, no learned gain: QK-norm's normalisation of each head's q and k."""
+    return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention (Vaswani et al. section 3.2.2) with the output projection and residual dropout.
 
@@ -266,10 +305,15 @@ class MultiHeadAttention(nn.Module):
     bidirectional attention. backend="manual" runs the hand-written function above, "sdpa" torch's fused kernel,
     "flash" flash_attention.py's O(T)-memory FlashAttention; with a KV cache, a single query or dropout in training,
     "flash" does what "manual" does (a cache step is small; flash_attention has no dropout).
+
+    rotary_max_len > 0 turns q and k by their positions (Rotary above) up to that many positions; the KV cache then
+    holds keys already turned, and new positions continue from the cache's length. qk_norm scales each head's q and k
+    to unit RMS (before the rotation), which bounds every score by sqrt(D): attention logits cannot blow up, one
+    cause of loss spikes at high learning rates (Henry et al. 2020; Dehghani et al. 2023, "ViT-22B", section 3.1).
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 causal: bool = True, backend: str = "manual"):
+                 causal: bool = True, backend: str = "manual", rotary_max_len: int = 0, qk_norm: bool = False):
         super().__init__()
         if embedding_dim % num_heads:
             raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_heads={num_heads}")
@@ -280,6 +324,16 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(embedding_dim, 3 * embedding_dim, bias=bias)
         self.proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.rotary = Rotary(embedding_dim // num_heads, rotary_max_len) if rotary_max_len else None
+        self.qk_norm = qk_norm
+
+    def _position(self, q, k, start: int):
+        """QK-norm and the rotation, when switched on, of q and k: (B, H, T, D) each, at positions start onwards."""
+        if self.qk_norm:
+            q, k = rms_normalize(q), rms_normalize(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        return q, k
 
     def forward(self, x, padding_mask=None, kv_cache: KVCache | None = None):
         """x: (B, T, C) -> (B, T, C).
@@ -295,6 +349,7 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        q, k = self._position(q, k, kv_cache.length if kv_cache is not None else 0)  # (B, H, T, D) each
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (B, H, S, D), S = cached + new positions
         S = k.size(2)
@@ -331,6 +386,7 @@ class MultiHeadAttention(nn.Module):
         B, _, C = x.shape
         H, D = self.num_heads, C // self.num_heads
         q, k, v = self.qkv(x).view(B, 3, H, 1, D).unbind(1)  # 3 x (B, H, 1, D)
+        q, k = self._position(q, k, kv_cache.length)  # (B, H, 1, D) each, at the next position
         k, v = kv_cache.append(k, v)  # (B, H, S, D) each, S = cached positions + this one
         attend = F.scaled_dot_product_attention if self.backend == "sdpa" else scaled_dot_product_attention  # flash too
         y = attend(q, k, v)  # (B, H, 1, D)
@@ -344,4 +400,5 @@ class MultiHeadAttention(nn.Module):
         q, k, _ = self.qkv(x).split(C, dim=2)  # 2 x (B, T, C)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        q, k = self._position(q, k, 0)  # (B, H, T, D) each
         return attention_weights(q, k, is_causal=self.causal)  # (B, H, T, T)

@@ -37,9 +37,13 @@ SEED_LIMIT = 2 ** 63  # numpy's and torch's generators both take seeds in [0, 2*
 
 def check_numbers(obj):
     """Refuse what no setting means: a float field at nan or inf (`nan <= 0` is False, so range checks miss it), and a
-    `seed` outside [0, 2**63). Every config dataclass calls this first in __post_init__."""
+    `seed` outside [0, 2**63), and a value outside a field's choices (a YAML file or a checkpoint does not pass
+    through argparse, which checks them for flags). Every config dataclass calls this first in __post_init__."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{f.name}={value!r} is not one of {', '.join(choices)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{f.name}={value} must be a finite number")
         if f.name == "seed" and value is not None and not 0 <= value < SEED_LIMIT:
@@ -66,9 +70,19 @@ class ModelConfig:
     attention_backend: str = arg("manual", "hand-written attention.py, torch's fused scaled_dot_product_attention, "
                                            "or flash_attention.py (O(T) memory for long contexts)",
                                  choices=("manual", "sdpa", "flash"))
-    activation: str = arg("gelu", "the MLP's GELU: exact (erf), or the tanh approximation GPT-2 was trained with",
-                          choices=("gelu", "gelu_tanh"))
-    layer_norm_eps: float = arg(1e-5, "epsilon added to the variance in every LayerNorm (GPT-2 uses 1e-5 too)")
+    activation: str = arg("gelu", "the MLP's nonlinearity: exact GELU (erf), the tanh approximation GPT-2 was "
+                                  "trained with, or ReLU squared (So et al. 2021, the modern recipe)",
+                          choices=("gelu", "gelu_tanh", "relu2"))
+    layer_norm_eps: float = arg(1e-5, "epsilon added to the variance (mean square) in every LayerNorm (RMSNorm); GPT-2 uses 1e-5")
+    position: str = arg("learned", "where positions come from: GPT-2's learned table added to the token embedding, "
+                                   "or rotary embeddings turning q and k (Su et al. 2021)", choices=("learned", "rope"))
+    norm: str = arg("layernorm", "the normalisation before each sub-block and at the end: LayerNorm, or RMSNorm "
+                                 "(Zhang & Sennrich 2019: no mean subtraction, no bias)", choices=("layernorm", "rms"))
+    qk_norm: bool = arg(False, "scale each head's queries and keys to unit RMS before the scores (Henry et al. 2020)")
+    tie_embeddings: bool = arg(True, "the output layer shares the token embedding's matrix, as in GPT-2; false gives "
+                                     "it its own")
+    zero_init: bool = arg(False, "start the projections that write into the residual stream (and an untied output "
+                                 "layer) at zero, so every block begins as the identity (modded-nanoGPT)")
 
     def __post_init__(self):
         check_numbers(self)
@@ -78,6 +92,9 @@ class ModelConfig:
                             f"pick a multiple of {self.num_of_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.position == "rope" and (self.embedding_dim // self.num_of_heads) % 2:
+            raise UserError(f"position=rope pairs up each head's channels: the head size embedding_dim / num_of_heads "
+                            f"= {self.embedding_dim // self.num_of_heads} must be even")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,16 @@ Initialisation follows GPT-2: every Linear and Embedding weight ~ N(0, 0.02), bi
 projections that write into the residual stream drawn with std 0.02/sqrt(2 * num_of_layers) so the stream's variance
 does not grow with depth (GPT-2 section 2.3).
 
+The modern recipe (nanochat, the modded-nanoGPT speedrun) changes a few of these choices; each is a ModelConfig option
+whose default is GPT-2's, so this file reads as GPT-2 first:
+
+    position=rope        no position table: attention turns q and k by their positions (attention.Rotary)
+    norm=rms             RMSNorm instead of LayerNorm (Zhang & Sennrich 2019)
+    qk_norm              each head's q and k scaled to unit RMS before the scores (attention.py)
+    activation=relu2     relu(x)^2 instead of GELU in the MLP (So et al. 2021, "Primer", section 4)
+    tie_embeddings=false the output layer gets its own (V, C) matrix
+    zero_init            the residual projections (and an untied output layer) start at zero
+
 Shape letters (the README's alphabet): B batch, T time (tokens), C embedding_dim, V vocab_size.
 Read next: tokenizer/ (its README gives the order), how text becomes the ids this model reads.
 """
@@ -39,10 +49,24 @@ class MLP(nn.Module):
         # used and its weights were trained with. The two differ by at most 4.7e-4 (near x = 2.7): our own models use
         # the exact one, an imported GPT-2 the approximation (activation="gelu_tanh") so its logits match the original.
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+        # ReLU squared (So et al. 2021, "Primer", section 4: found by architecture search, cheaper than GELU and
+        # better at equal compute): zero for x < 0 like ReLU, but smooth at 0 and growing like x^2 beyond.
+        self.relu2 = config.activation == "relu2"
 
     def forward(self, x):
-        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, 4C)
+        h = self.fc(x)  # (B, T, 4C)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate)  # (B, T, 4C)
         return self.dropout(self.proj(h))  # (B, T, C)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """LayerNorm (Ba et al. 2016): subtract the mean, divide by the standard deviation, then a gain and a bias.
+    RMSNorm (Zhang & Sennrich 2019) keeps only the division, by the root mean square, and the gain: one statistic
+    instead of two, and the paper finds the re-centring is not what makes normalisation work."""
+    C = config.embedding_dim
+    if config.norm == "rms":
+        return nn.RMSNorm(C, eps=config.layer_norm_eps)
+    return nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -50,10 +74,11 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = MultiHeadAttention(config.embedding_dim, config.num_of_heads, config.dropout, config.bias,
-                                       causal=True, backend=config.attention_backend)
-        self.ln_2 = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
+                                       causal=True, backend=config.attention_backend, qk_norm=config.qk_norm,
+                                       rotary_max_len=config.block_size if config.position == "rope" else 0)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x, padding_mask=None, kv_cache=None):
@@ -69,18 +94,24 @@ class GPT(nn.Module):
         self.config = config
         V, C = config.vocab_size, config.embedding_dim
         self.tok_emb = nn.Embedding(V, C)
-        self.pos_emb = nn.Embedding(config.block_size, C)  # learned absolute positions, as in GPT-1 and GPT-2
+        # Learned absolute positions, as in GPT-1 and GPT-2; with rotary embeddings attention handles positions.
+        self.pos_emb = nn.Embedding(config.block_size, C) if config.position == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_of_layers))
-        self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)  # GPT-2 adds it after the last block
+        self.ln_f = make_norm(config)  # GPT-2 adds it after the last block
         self.lm_head = nn.Linear(C, V, bias=False)
-        self.lm_head.weight = self.tok_emb.weight  # weight tying: one (V, C) matrix reads tokens in and out
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # weight tying: one (V, C) matrix reads tokens in and out
 
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.num_of_layers)  # GPT-2 section 2.3: two residual adds per block
         for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=residual_std)
+                if config.zero_init:  # each block starts as the identity; the gradient reaches the weight anyway
+                    nn.init.zeros_(proj.weight)
+        if config.zero_init and not config.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)  # every token equally likely at the start: loss = ln V exactly
 
     @classmethod
     def from_pretrained(cls, path: str, **settings) -> "GPT":
@@ -102,8 +133,15 @@ class GPT(nn.Module):
         """Parameters, counting the tied matrix once. Without embeddings: what scales with depth (Kaplan et al.)."""
         n = sum(p.numel() for p in self.parameters())
         if not include_embeddings:
-            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+            n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
         return n
+
+    def embed(self, idx, start: int = 0):
+        """idx: (B, T) token ids at positions start.. -> (B, T, C): token embeddings, plus learned positions (GPT-2)."""
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + idx.size(1), device=idx.device))  # (B, T, C)
+        return x
 
     def hidden_states(self, idx, padding_mask=None, kv_caches=None):
         """idx: (B, T) token ids -> (B, T, C), the final LayerNorm'd states (the classifier head reads these)."""
@@ -111,8 +149,7 @@ class GPT(nn.Module):
         start = kv_caches[0].length if kv_caches else 0  # cached tokens come first
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.dropout(self.embed(idx, start))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, padding_mask, kv_caches[i] if kv_caches else None)  # (B, T, C)
         return self.ln_f(x)  # (B, T, C)
@@ -133,7 +170,7 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
-        x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C), no dropout: looking
+        x = self.embed(idx)  # (B, T, C), no dropout: looking
         maps = []
         for block in self.blocks:
             maps.append(block.attn.attention_weights(block.ln_1(x)))  # (B, H, T, T)

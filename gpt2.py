@@ -130,6 +130,13 @@ def hf_config(config: ModelConfig, eot: int | None = None) -> dict:
     """ModelConfig -> GPT2Config as a dict (eot: the end-of-text id). Refused: what GPT-2 cannot express."""
     if not config.bias:
         raise UserError("bias=False cannot be exported: GPT-2 has a bias in every Linear and LayerNorm")
+    modern = {"position": config.position != "learned", "norm": config.norm != "layernorm",
+              "qk_norm": config.qk_norm, "activation": config.activation == "relu2",
+              "tie_embeddings": not config.tie_embeddings}
+    for name, differs in modern.items():
+        if differs:
+            raise UserError(f"{name}={getattr(config, name)} cannot be exported: GPT2LMHeadModel has no such option "
+                            f"(only the GPT-2 recipe, --config configs/gpt2.yaml, exports)")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.block_size, "n_embd": config.embedding_dim, "n_layer": config.num_of_layers,
             "n_head": config.num_of_heads, "n_inner": None,
@@ -249,7 +256,7 @@ def fine_tuning_start(path: str, flags: ModelConfig, explicit: set) -> tuple[GPT
     model, tokenizer = load_pretrained(path, block_size, dropout=flags.dropout,
                                        attention_backend=flags.attention_backend)
     for name in ("vocab_size", "embedding_dim", "num_of_layers", "num_of_heads", "bias", "activation",
-                 "layer_norm_eps"):
+                 "layer_norm_eps", "position", "norm", "qk_norm", "tie_embeddings"):
         if name in explicit and getattr(flags, name) != getattr(model.config, name):
             raise UserError(f"--{name}={getattr(flags, name)} differs from {path}'s {getattr(model.config, name)}; "
                             f"a fine-tuned model keeps its shape: drop --{name}")
