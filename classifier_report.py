@@ -12,7 +12,7 @@ the rest says which classes are mistaken for which. Curves go to a PNG (when mat
 Weights & Biases (--wandb).
 
 Shape letters: K num_classes.
-Read next: tests/test_classify.py and tests/test_classify_learning.py.
+Read next: classifier_predict.py (using a trained classifier).
 """
 import torch
 

@@ -29,9 +29,7 @@ Shape letters: B batch, T time (tokens), C embedding_dim, K num_classes, V vocab
 Read next: classifier_finetune.py (the loop), then classifier_baselines.py, classifier_data.py (files, splits,
 padding), classifier_report.py (metrics), tests/test_classify.py.
 """
-import csv
 import dataclasses
-import io
 import os
 import sys
 import time
@@ -46,6 +44,7 @@ import checkpoint
 import classifier_baselines as baselines
 import classifier_data as cd
 import classifier_finetune as finetune
+import classifier_predict as predictor
 import classifier_report as report
 import data
 from checkpoint import ClassifierCheckpoint, LanguageModelCheckpoint, load_model, load_weights, model_config_from, \
@@ -134,6 +133,8 @@ class TrainClassifierConfig:
     weight_decay: float = arg(0.01, "AdamW weight decay on weight matrices (GPT-1 fine-tunes with 0.01)")
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
     out_dir: str = arg("out", "where classifier.tar (and classifier_curves.png) are written")
+    overwrite: bool = arg(False, "replace a classifier.tar already in out_dir (without it, such a run is refused "
+                                 "before any work)")
     device: str = arg("auto", "'auto' (cuda, then mps, then cpu), or a torch device such as 'cpu'")
     dtype: str = arg("auto", "'float32', 'bfloat16' (autocast), or 'auto'", choices=("auto", "float32", "bfloat16"))
     seed: int = arg(1337, "seed for the split, the demo's passages, the head's initialisation and the batch order")
@@ -261,6 +262,9 @@ def train(cfg: TrainClassifierConfig, quiet: bool = False) -> dict:
     """Baselines, probe, fine-tune, report, write out_dir/classifier.tar; returns the summary of the run."""
     say = (lambda *a: None) if quiet else print
     check_writable_dir(cfg.out_dir)  # now, not after the training that would be lost
+    earlier = os.path.join(cfg.out_dir, "classifier.tar")
+    if os.path.exists(earlier) and not cfg.overwrite:
+        raise UserError(f"{earlier} holds an earlier classifier; pass --overwrite to replace it, or another --out_dir")
     device = resolve_device(cfg.device)
     gpt, tokenizer = load_language_model(cfg.checkpoint, device)
     dtype = resolve_dtype(cfg.dtype, device, gpt.config, cfg.batch_size)
@@ -334,46 +338,7 @@ def write_classifier(cfg, model, gpt, tokenizer, split: Split, summary: dict, sa
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Prediction and the command line
-
-
-@torch.no_grad()
-def predict(model: GPTClassifier, tokenizer: Tokenizer, text: str, device="cpu") -> torch.Tensor:
-    """The class probabilities (K,) of one text (cut to block_size tokens; unknown characters removed)."""
-    return predict_many(model, tokenizer, [(1, text)], device=device)[0]
-
-
-@torch.no_grad()
-def predict_many(model, tokenizer, texts: list[tuple[int, str]], batch_size: int = 32, device="cpu", name="text"):
-    """Class probabilities (N, K) of (line number, text) pairs; notes on stderr for what was cut or removed, and an
-    error naming the line of a text with nothing the tokenizer knows."""
-    block_size = model.gpt.config.block_size
-    encoded = cd.encode_texts(tokenizer, [text for _, text in texts], block_size)
-    for (line, _), ids in zip(texts, encoded.ids):
-        if not ids:
-            where = f"{name} on line {line}" if len(texts) > 1 or name != "text" else "the text"
-            raise UserError(f"{where} is empty (or has no character the tokenizer knows); give some text to classify")
-    if encoded.unknown_chars:
-        print(f"note: removed characters the tokenizer never saw from {encoded.texts_with_unknown} {name}(s): "
-              f"{' '.join(map(repr, encoded.unknown_chars[:10]))}", file=sys.stderr)
-    if encoded.truncated:
-        print(f"note: {encoded.truncated} of {len(texts)} {name}(s) longer than block_size={block_size} tokens were "
-              f"cut to their first {block_size}", file=sys.stderr)
-    probs = torch.empty(len(texts), model.head.out_features)  # (N, K)
-    for start in range(0, len(texts), batch_size):
-        idx, mask = cd.pad_batch(encoded.ids[start:start + batch_size], device)  # (B, T), (B, T)
-        probs[start:start + batch_size] = F.softmax(model(idx, mask).float(), dim=-1).cpu()  # (B, K)
-    return probs
-
-
-def predictions_csv(texts: list[tuple[int, str]], probs: torch.Tensor, classes: list[str]) -> str:
-    """One row per text: its line, the predicted label, each class's probability, the text."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["line", "label", *(f"p_{c}" for c in classes), "text"])
-    for (line, text), p in zip(texts, probs.tolist()):
-        writer.writerow([line, classes[max(range(len(p)), key=p.__getitem__)], *(f"{x:.4f}" for x in p), text])
-    return out.getvalue()
+# The command line (classifier_predict.py does the predicting)
 
 
 def run_predict(cfg: PredictConfig):
@@ -381,7 +346,7 @@ def run_predict(cfg: PredictConfig):
     model, tokenizer, found = load_classifier(cfg.checkpoint, device)
     classes = found.classes
     if cfg.file is None:
-        probs = predict(model, tokenizer, cfg.text, device)
+        probs = predictor.predict(model, tokenizer, cfg.text, device)
         print(classes[int(probs.argmax())])
         width = max(len(c) for c in classes)
         for k in probs.argsort(descending=True).tolist():
@@ -390,8 +355,8 @@ def run_predict(cfg: PredictConfig):
     texts = cd.read_texts(cfg.file, cfg.text_column)
     if not texts:
         raise UserError(f"{cfg.file} has no text to classify")
-    table = predictions_csv(texts, predict_many(model, tokenizer, texts, cfg.batch_size, device, f"{cfg.file} text"),
-                            classes)
+    probs = predictor.predict_many(model, tokenizer, texts, cfg.batch_size, device, f"{cfg.file} text")
+    table = predictor.predictions_csv(texts, probs, classes)
     if cfg.out is None:
         sys.stdout.write(table)
     else:

@@ -12,6 +12,7 @@ import torch
 
 import classifier_data as cd
 import classifier_report as report
+import classifier_predict
 import classify
 from checkpoint import ClassifierCheckpoint, LanguageModelCheckpoint, load_checkpoint, save_checkpoint
 from config import ModelConfig, UserError
@@ -131,7 +132,7 @@ def test_saved_classifier_gives_identical_logits(lm_checkpoint, tmp_path):
     again, _, _ = classify.load_classifier(str(tmp_path / "classifier.tar"), "cpu")
     idx = torch.tensor([tokenizer.encode("abc xyz")])
     assert torch.equal(model(idx), again(idx))
-    assert torch.allclose(classify.predict(model, tokenizer, "abc xyz"), torch.softmax(model(idx), -1)[0])
+    assert torch.allclose(classifier_predict.predict(model, tokenizer, "abc xyz"), torch.softmax(model(idx), -1)[0])
 
 
 def test_freeze_body_trains_the_head_alone(lm_checkpoint, tmp_path):
@@ -228,7 +229,8 @@ def test_unknown_characters_are_removed_and_counted():
 def expect_error(match, lm_checkpoint, tmp_path, rows=None, header=("text", "label"), **overrides):
     data = write_csv(tmp_path / "data.csv", rows if rows is not None else separable_rows(), header)
     with pytest.raises(UserError, match=match):
-        classify.train(train_cfg(data, lm_checkpoint, tmp_path, max_steps=5, **overrides), quiet=True)
+        classify.train(train_cfg(data, lm_checkpoint, tmp_path, max_steps=5, **{"overwrite": True, **overrides}),
+                       quiet=True)  # overwrite: some tests train into tmp_path first; the error is what is tested
 
 
 def test_missing_column_names_the_columns_there_are(lm_checkpoint, tmp_path):
@@ -336,9 +338,21 @@ def test_train_bad_data_on_the_command_line(lm_checkpoint, tmp_path, rows, messa
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "classifier.tar").write_bytes(b"an earlier classifier")
     before = digest(tmp_path / "out" / "classifier.tar")
-    result = run_cli("train", data, "--checkpoint", lm_checkpoint, "--out_dir", tmp_path / "out", "--device=cpu")
+    result = run_cli("train", data, "--checkpoint", lm_checkpoint, "--out_dir", tmp_path / "out", "--device=cpu",
+                     "--overwrite")  # even when told it may replace it, a failed run leaves the earlier one
     assert_one_line_error(result, message)
     assert digest(tmp_path / "out" / "classifier.tar") == before
+
+
+def test_train_never_replaces_an_earlier_classifier_unless_told(lm_checkpoint, tmp_path):
+    data = write_csv(tmp_path / "ab.csv", separable_rows())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "classifier.tar").write_bytes(b"an earlier classifier")
+    result = run_cli("train", data, "--checkpoint", lm_checkpoint, "--out_dir", tmp_path / "out", "--device=cpu")
+    assert_one_line_error(result, "classifier.tar holds an earlier classifier; pass --overwrite to replace it")
+    assert (tmp_path / "out" / "classifier.tar").read_bytes() == b"an earlier classifier"
+    classify.train(train_cfg(data, lm_checkpoint, tmp_path / "out", max_steps=2, overwrite=True), quiet=True)
+    assert (tmp_path / "out" / "classifier.tar").read_bytes() != b"an earlier classifier"
 
 
 @pytest.fixture
