@@ -6,9 +6,14 @@ classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live i
     for each step:     lr from the schedule (linear warmup, then cosine decay to a floor; GPT-3 appendix B)
                        forward + backward on one or more micro-batches (gradient accumulation)
                        clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
+    every log_interval steps:         the loss read back from the device: progress bar (tokens/s, MFU: flops.py),
+                                      wandb, the nan check
     every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
                                       best_checkpoint.tar when val loss improves, curves.png (pictures.py)
     every checkpoint_interval steps:  model_checkpoint.tar (everything needed to resume exactly)
+
+On a GPU nothing in a step waits for the device: the next batch is made (in pinned memory, copied non_blocking) while
+the current one computes, and the loss stays a tensor until a log interval reads it (README, "The step on a GPU").
 
 `--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
 same weights. Under torchrun, each process takes its share of the micro-batches (distributed.py).
