@@ -77,7 +77,8 @@ class OptimizerStep:
     keep the first non-finite loss and its step, and nothing waits. check_diverged(stop) reads the note (one wait);
     playground.py calls it at every log interval and before anything is evaluated or saved. A diverged run stops at
     most log_interval steps late, its weights by then nan as well, but nothing non-finite is ever written.
-    (float16's GradScaler still waits once a step: it must read whether the gradients overflowed.)"""
+    (In float16, GradScaler must know whether the gradients overflowed: with fused AdamW, CUDA's, it hands that flag
+    to the optimizer's kernel and nothing waits; with foreach AdamW it reads it, one wait a step.)"""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
                  dtype: torch.dtype, device: torch.device):

@@ -23,10 +23,11 @@ def batch(seed=0):
     return torch.randint(0, 30, (4, 16), generator=g), torch.randint(0, 30, (4, 16), generator=g)  # (B, T), (B, T)
 
 
-def gradients(model, x, y):
+def gradients(model, x, y, forward=None):
+    """The loss and every parameter's gradient of `model`, run through `forward` (the model itself, or compiled)."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same dropout masks for every model
-    _, loss = model(x, y)
+    _, loss = (forward or model)(x, y)
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -96,7 +97,7 @@ def test_compiled_hand_written_attention_is_one_graph_with_the_eager_loss_and_gr
     explained = torch._dynamo.explain(model)(x, y)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
     loss, grads = gradients(model, x, y)
-    compiled_loss, compiled_grads = gradients(torch.compile(model), x, y)
+    compiled_loss, compiled_grads = gradients(model, x, y, forward=torch.compile(model))
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
