@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import data
-from config import ModelConfig
+import preflight
+from config import ModelConfig, TrainConfig
 from gpt import GPT
 from training import OptimizerStep
 
@@ -87,6 +88,16 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(dropout):
     assert torch.equal(loss, loss_ckpt)
     for name, grad in grads.items():  # the recomputed forward is the same arithmetic, dropout masks included
         torch.testing.assert_close(grads_ckpt[name], grad, rtol=0, atol=1e-7, msg=name)
+
+
+def test_activation_checkpointing_lowers_what_the_memory_preflight_asks_for(monkeypatch):
+    asked = []
+    monkeypatch.setattr(preflight, "check_fits", lambda need, what, fix: asked.append(need))
+    model_cfg = ModelConfig(vocab_size=100, num_of_layers=12)
+    preflight.check_memory(model_cfg, TrainConfig(), 100)
+    preflight.check_memory(model_cfg, TrainConfig(activation_checkpointing=True), 100)
+    plain, checkpointed = asked[0], asked[2]  # each call asks for training, then for the sample
+    assert checkpointed < plain
 
 
 @pytest.mark.slow
