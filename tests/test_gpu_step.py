@@ -28,7 +28,7 @@ def gradients(model, x, y, forward=None):
     """The loss and every parameter's gradient of `model`, run through `forward` (the model itself, or compiled)."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same dropout masks for every model
-    _, loss = (forward or model)(x, y)
+    _, loss = (model if forward is None else forward)(x, y)
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
