@@ -9,9 +9,9 @@ FLOPs per token, forward and backward (PaLM appendix B):
 
     6N + 12 L T C        N   the parameters every token is multiplied by: each weight matrix 2N FLOPs forward
                              (a multiply and an add per weight) and 4N backward (gradients of inputs and weights);
-                             PaLM's N leaves out the embeddings, which are looked up, not multiplied. Our output
-                             layer is the token embedding (tied), and it *is* multiplied, so it counts once; the
-                             position table does not (nanoGPT counts the same way).
+                             PaLM's N leaves out the embeddings, which are looked up, not multiplied. The output
+                             layer *is* multiplied, so it counts, also when it is the token embedding (tied, once);
+                             the position table does not (nanoGPT counts the same way).
                          12LTC  attention's two products per layer, q k^T and (attention) v: 2 x 2TC FLOPs forward
                              per token over a context of T, times 3 with the backward (PaLM's 12LHQT, H x Q = C).
 
@@ -49,9 +49,12 @@ PRECISIONS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}  # the colu
 
 
 def matmul_parameters(model) -> int:
-    """N of PaLM's 6N: every parameter but the position table (the tied token embedding counts once, as the output
-    layer's matrix; named_parameters() yields it once)."""
-    return sum(p.numel() for name, p in model.named_parameters() if name != "pos_emb.weight")
+    """N of PaLM's 6N: the parameters a token is multiplied by. The embedding tables are looked up, not multiplied,
+    so they are left out; the output layer's matrix is multiplied, so it counts, also when it is the token embedding
+    (tied: then it counts once)."""
+    looked_up = {id(model.tok_emb.weight)} | ({id(model.pos_emb.weight)} if model.pos_emb is not None else set())
+    n = sum(p.numel() for p in model.parameters() if id(p) not in looked_up)
+    return n + model.lm_head.weight.numel() if model.lm_head.weight is model.tok_emb.weight else n
 
 
 def flops_per_token(model) -> int:

@@ -22,6 +22,13 @@ def test_flops_per_token_is_palms_formula_counted_by_hand():
     assert flops.flops_per_token(model) == 6 * 968 + 12 * 1 * 4 * 8 == 6192
 
 
+def test_untied_and_rotary_models_count_the_output_layer_not_the_tables():
+    settings = dict(vocab_size=10, block_size=4, embedding_dim=8, num_of_layers=1, num_of_heads=2)
+    tied = flops.matmul_parameters(GPT(ModelConfig(**settings)))
+    assert flops.matmul_parameters(GPT(ModelConfig(**settings, tie_embeddings=False))) == tied  # lm_head: the same
+    assert flops.matmul_parameters(GPT(ModelConfig(**settings, position="rope"))) == tied  # no table to leave out
+
+
 @pytest.mark.parametrize("name, dtype, tflops", [
     ("NVIDIA A100-SXM4-40GB", torch.bfloat16, 312), ("NVIDIA A100 80GB PCIe", torch.float32, 19.5),
     ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989), ("NVIDIA H100 PCIe", torch.float16, 756),
