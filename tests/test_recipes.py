@@ -35,7 +35,7 @@ def test_the_gpt2_recipe_is_gpt2_small_with_half_a_million_tokens_per_step():
 @pytest.mark.slow
 @pytest.mark.usefixtures("private_cache")
 def test_the_rehearsal_trains_and_resumes_to_the_same_weights(tmp_path):
-    """The rehearsal as it is (built-in corpus, bbpe:1024, 4 micro-batches a step), cut to 4 steps: ~15 s."""
+    """The rehearsal as it is (built-in corpus, bbpe:1024, 4 micro-batches a step), cut to 4 steps: 15-30 s."""
     quick = ["--config", str(CONFIGS / "gpt2-124m-rehearsal.yaml"), "--eval_iters=2", "--eval_interval=2",
              "--checkpoint_interval=2", "--sample_tokens=0", "--dtype=float32"]
     playground.main([*quick, f"--out_dir={tmp_path / 'straight'}", "--max_iters=4"])
