@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import data
+import playground
 import preflight
 from config import ModelConfig, TrainConfig
 from gpt import GPT
+from tiny import TINY
 from training import OptimizerStep
 
 CPU = torch.device("cpu")
@@ -71,6 +73,17 @@ def test_finite_losses_pass_the_check():
     stepper.backward(loss)
     stepper.step(loss.detach(), stop, 0)
     stepper.check_diverged(stop)
+
+
+@pytest.mark.usefixtures("private_cache")
+def test_the_loop_reads_the_loss_at_log_intervals_and_before_saving(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sees a dog. a dog sees the cat.\n" * 200)
+    logged = []
+    monkeypatch.setattr(playground, "log_training", lambda progress, logger, step, loss, *rest: logged.append(step))
+    playground.main([str(corpus), f"--out_dir={tmp_path / 'out'}", *TINY, "--max_iters=12", "--log_interval=5",
+                     "--eval_interval=100", "--checkpoint_interval=6"])
+    assert logged == [5, 6, 10, 12]  # log intervals, a checkpoint (6) and the end: nowhere else
 
 
 def test_adamw_is_foreach_off_cuda():
