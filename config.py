@@ -119,6 +119,8 @@ class TrainConfig:
     beta1: float = arg(0.9, "AdamW beta1")
     beta2: float = arg(0.99, "AdamW beta2")
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
+    log_interval: int = arg(10, "read the loss back from the device every this many steps: progress bar, wandb, "
+                                "tokens/s, MFU and the nan check (each read makes the CPU wait for the GPU)")
     eval_interval: int = arg(500, "evaluate train and val loss every this many steps (and at the end)")
     eval_iters: int = arg(50, "batches averaged per loss estimate")
     checkpoint_interval: int = arg(500, "write out_dir/model_checkpoint.tar every this many steps (and at the end)")
@@ -131,6 +133,10 @@ class TrainConfig:
                              "CUDA only); auto times float32 and bfloat16 on this machine (once, cached) and picks "
                              "the faster", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = arg(False, "torch.compile the model (falls back to eager with a warning if it fails)")
+    activation_checkpointing: bool = arg(False, "keep only each block's input during the forward pass and recompute "
+                                                "the rest in backward: less memory, about a third more compute")
+    peak_flops: float | None = arg(None, "one device's peak FLOP/s for the MFU figure; from flops.py's GPU table, or "
+                                         "measured on a CPU, when not given")
     seed: int = arg(1337, "random seed for initialisation and batch sampling")
     wandb: bool = arg(False, "log metrics and config to Weights & Biases (offline unless WANDB_MODE says otherwise)")
     wandb_project: str = arg("scratchgpt", "Weights & Biases project name")
@@ -139,7 +145,8 @@ class TrainConfig:
     def __post_init__(self):
         check_numbers(self)
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
-                        "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters")
+                        "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters", "log_interval",
+                        "peak_flops")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction={self.val_fraction} must be between 0 and 1")
         for name in ("warmup_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):

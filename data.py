@@ -17,10 +17,12 @@
    to the nearest document boundary: validation is whole documents). The batch for optimizer step s,
    micro-step j is drawn from a generator seeded by (seed, s, j) alone, so a resumed run, or a run on several
    processes (each taking its own micro-steps), sees exactly the batches a single uninterrupted run would.
+   training_batches hands them out in order, on the device (pinned and copied asynchronously on CUDA).
 
 Read next: token_cache.py, how a corpus of any size is encoded into the cache.
 """
 import hashlib
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -167,13 +169,36 @@ def load_tokens(corpus: Corpus | str, tokenizer, val_fraction: float, block_size
 # 3. Batches
 
 
+def sample_windows(ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro_step: int = 0):
+    """batch_size random windows of block_size + 1 ids -> (B, T + 1), drawn from (seed, step, micro_step) alone."""
+    rng = np.random.default_rng([seed, step, micro_step])
+    starts = rng.integers(0, len(ids) - block_size, size=batch_size)  # (B,)
+    windows = np.stack([ids[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
+    return torch.from_numpy(windows)  # (B, T + 1)
+
+
 def get_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro_step: int = 0):
     """batch_size random windows of block_size + 1 ids -> inputs x (B, T) and next-token targets y (B, T).
 
     The windows depend only on (seed, step, micro_step): the data position of a run is its step counter.
     """
-    rng = np.random.default_rng([seed, step, micro_step])
-    starts = rng.integers(0, len(ids) - block_size, size=batch_size)  # (B,)
-    windows = np.stack([ids[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
-    windows = torch.from_numpy(windows)  # (B, T + 1)
+    windows = sample_windows(ids, batch_size, block_size, seed, step, micro_step)  # (B, T + 1)
     return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T): y is x shifted left by one
+
+
+def training_batches(ids: np.ndarray, batch_size: int, block_size: int, seed: int, start_step: int,
+                     micro_steps: range, device: torch.device):
+    """Every training batch from start_step on, in order, already on `device`: (x, y) for each micro-step of each step.
+
+    On CUDA a batch is assembled in pinned (page-locked) host memory, so that its copy to the GPU can run
+    asynchronously (non_blocking=True): the copy waits in the GPU's queue behind the kernels of the step being
+    computed, and the CPU goes on (from ordinary memory, the copy would wait for the GPU first). One (B, T + 1) copy
+    per batch; x and y are views of it on the device. On a CPU, .to() returns the tensor itself.
+    """
+    for step in itertools.count(start_step):
+        for micro in micro_steps:
+            windows = sample_windows(ids, batch_size, block_size, seed, step, micro)  # (B, T + 1)
+            if device.type == "cuda":
+                windows = windows.pin_memory()
+            windows = windows.to(device, non_blocking=True)  # (B, T + 1)
+            yield windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)

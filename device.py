@@ -99,7 +99,7 @@ def autocast(device: torch.device, dtype: torch.dtype):
 # The bfloat16 probe
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -113,38 +113,41 @@ def probe_key(model_config: ModelConfig, batch_size: int) -> str:
     """What the verdict depends on: the machine, torch, the threads, and the shapes the probe multiplies."""
     c = model_config
     B = max(1, min(batch_size, PROBE_TOKENS // c.block_size))
-    return (f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+    return (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
             f"C={c.embedding_dim} H={c.num_of_heads} T={c.block_size} B={B} V={c.vocab_size} "
             f"{c.attention_backend}")
 
 
-def _cache_path() -> Path:
+def _cache_path(name: str) -> Path:
     from data import cache_dir  # the project's one cache directory
 
-    return cache_dir() / "precision.json"
+    return cache_dir() / name
 
 
-def _read_cache() -> dict:
+def cached_measurement(file_name: str, key: str, measure) -> float:
+    """measure() once per key; the answer is kept in file_name (JSON, {key: number}) under the cache directory.
+
+    A missing or damaged file is measured again; a read-only cache only costs a measurement next time."""
     try:
-        verdicts = json.loads(_cache_path().read_text())
-        return verdicts if isinstance(verdicts, dict) else {}
-    except (OSError, ValueError):  # no cache yet, or a damaged one: measure again
-        return {}
+        answers = json.loads(_cache_path(file_name).read_text())
+        answers = answers if isinstance(answers, dict) else {}
+    except (OSError, ValueError):
+        answers = {}
+    if key in answers:
+        return float(answers[key])
+    value = measure()
+    answers[key] = float(f"{value:.4g}")
+    try:
+        atomic_write_bytes(_cache_path(file_name), json.dumps(answers, indent=1).encode())
+    except UserError:
+        pass
+    return value
 
 
 def measured_bf16_speedup(model_config: ModelConfig, batch_size: int) -> float:
     """float32 time / bfloat16 time of one block's forward + backward (> 1: bfloat16 is faster); cached."""
-    key = probe_key(model_config, batch_size)
-    verdicts = _read_cache()
-    if key in verdicts:
-        return float(verdicts[key])
-    speedup = time_bf16_against_float32(model_config, batch_size)
-    verdicts[key] = round(speedup, 3)
-    try:
-        atomic_write_bytes(_cache_path(), json.dumps(verdicts, indent=1).encode())
-    except UserError:  # a read-only cache only costs a probe next time
-        pass
-    return speedup
+    return cached_measurement("precision.json", probe_key(model_config, batch_size),
+                              lambda: time_bf16_against_float32(model_config, batch_size))
 
 
 def time_bf16_against_float32(model_config: ModelConfig, batch_size: int, repeats: int = 3) -> float:
@@ -191,5 +194,5 @@ def describe(dtype: torch.dtype) -> str:
 
 if __name__ == "__main__":  # `python device.py`: what auto picks here for the default model, measured now
     cfg = ModelConfig(vocab_size=80)
-    print(_cpu_name(), f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(cpu_name(), f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     print(f"default model: bfloat16 autocast is {time_bf16_against_float32(cfg, 32):.2f}x float32 here")

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from attention import KVCache, MultiHeadAttention
 from config import ModelConfig
@@ -102,6 +103,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(C, V, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # weight tying: one (V, C) matrix reads tokens in and out
+        self.activation_checkpointing = False  # training.py may turn it on: memory for compute (Chen et al. 2016)
 
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.num_of_layers)  # GPT-2 section 2.3: two residual adds per block
@@ -151,7 +153,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
         x = self.dropout(self.embed(idx, start))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, padding_mask, kv_caches[i] if kv_caches else None)  # (B, T, C)
+            if self.activation_checkpointing and self.training and not kv_caches:  # keep x only; backward reruns block
+                x = checkpoint(block, x, padding_mask, use_reentrant=False)  # (B, T, C), same dropout masks again
+            else:
+                x = block(x, padding_mask, kv_caches[i] if kv_caches else None)  # (B, T, C)
         return self.ln_f(x)  # (B, T, C)
 
     def forward(self, idx, targets=None, padding_mask=None, kv_caches=None):
@@ -187,7 +192,9 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+        # On CUDA one fused kernel updates every parameter; elsewhere foreach updates them in a few batched ops.
+        kernel = {"fused": True} if all(p.is_cuda for p in params) else {"foreach": True}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **kernel)
 
     def new_kv_caches(self, batch_size: int, device=None, dtype=None) -> list[KVCache]:
         """One empty KVCache per block, each holding up to block_size positions."""

@@ -6,9 +6,14 @@ classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live i
     for each step:     lr from the schedule (linear warmup, then cosine decay to a floor; GPT-3 appendix B)
                        forward + backward on one or more micro-batches (gradient accumulation)
                        clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
+    every log_interval steps:         the loss read back from the device: progress bar (tokens/s, MFU: flops.py),
+                                      wandb, the nan check
     every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
                                       best_checkpoint.tar when val loss improves, curves.png (pictures.py)
     every checkpoint_interval steps:  model_checkpoint.tar (everything needed to resume exactly)
+
+On a GPU nothing in a step waits for the device: the next batch is made (in pinned memory, copied non_blocking) while
+the current one computes, and the loss stays a tensor until a log interval reads it (README, "The step on a GPU").
 
 `--resume` picks up model_checkpoint.tar in out_dir: N steps straight and k steps + resume + N-k steps give the
 same weights. Under torchrun, each process takes its share of the micro-batches (distributed.py).
@@ -34,16 +39,19 @@ from checkpoint import LanguageModelCheckpoint, load_weights, model_config_from
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
 from device import autocast, choose_precision, describe, resolve_device
 from distributed import Distributed
+from flops import Speedometer, flops_per_token, peak_flops
 from gpt import GPT
 from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_dir
+from sampling import sample_text
 from tokenizer import Tokenizer, TokenizerError
-from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rate, make_progress_bar, maybe_compile,
-                      resolve_schedule)
+from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rate, log_training, make_progress_bar,
+                      maybe_compile, resolve_schedule)
 
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
-             "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume", "overwrite"}
+             "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume", "overwrite", "log_interval",
+             "activation_checkpointing", "peak_flops"}
 
 
 def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | None, set]:
@@ -155,9 +163,11 @@ class Run:
         self.device = device
         self.dtype, self.precision = choose_precision(train_cfg.dtype, self.device, model_cfg, train_cfg.batch_size)
         self.ctx = autocast(self.device, self.dtype)
+        self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype, train_cfg.peak_flops)  # for MFU
         self.micro_steps = dist.my_micro_steps(train_cfg.gradient_accumulation_steps)
         torch.manual_seed(train_cfg.seed)
         self.raw_model = (GPT(model_cfg) if pretrained is None else pretrained).to(self.device)
+        self.raw_model.activation_checkpointing = train_cfg.activation_checkpointing
         self.optimizer = self.raw_model.configure_optimizer(train_cfg.learning_rate, train_cfg.weight_decay,
                                                             (train_cfg.beta1, train_cfg.beta2))
         self.stepper = OptimizerStep(self.raw_model, self.optimizer, train_cfg.grad_clip, self.dtype, self.device)
@@ -167,6 +177,9 @@ class Run:
         if resumed:
             self.resume_from(resumed)
         self.saved_step = self.step if resumed else None  # model_checkpoint.tar on disk holds this step
+        self.batches = data.training_batches(tokens.train, train_cfg.batch_size, model_cfg.block_size, train_cfg.seed,
+                                             self.step, self.micro_steps, self.device)
+        self.next_batch = next(self.batches)
         self.compiled = maybe_compile(self.raw_model, train_cfg.compile)
         self.model = dist.wrap(self.compiled)  # DDP under torchrun; evaluation uses `compiled` (rank 0 only)
 
@@ -186,31 +199,35 @@ class Run:
             raise UserError(f"the checkpoint is at step {self.step}, already max_iters={self.cfg.max_iters}; "
                             f"pass a larger --max_iters to train on")
 
-    def train_step(self, lr: float) -> float:
-        """One optimizer step at learning rate `lr` over this process's micro-batches; returns the mean loss."""
+    def train_step(self, lr: float) -> torch.Tensor:
+        """One optimizer step at learning rate `lr` over this process's micro-batches; returns the mean loss, a tensor
+        on the device (reading it would make the CPU wait for the GPU: the caller does so at log intervals only)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for i, micro in enumerate(self.micro_steps):
-            x, y = data.get_batch(self.tokens.train, self.cfg.batch_size, self.model_cfg.block_size, self.cfg.seed,
-                                  self.step, micro)
+        for i in range(len(self.micro_steps)):
+            x, y = self.next_batch
             with self.dist.no_sync(self.model, last=i == len(self.micro_steps) - 1), self.ctx:
-                _, loss = self.model(x.to(self.device), y.to(self.device))
+                _, loss = self.model(x, y)
                 self.stepper.backward(loss / len(self.micro_steps))  # DDP averages over processes: over all micros
             loss_sum += loss.detach()
-        train_loss = self.dist.mean(loss_sum / len(self.micro_steps)).item()
-        self.stepper.step(train_loss, self.stop_diverged)
+            self.next_batch = next(self.batches)  # made on the CPU while the GPU still runs this micro-step's kernels
+        train_loss = self.dist.mean(loss_sum / len(self.micro_steps))
+        self.stepper.step(train_loss, self.stop_diverged, self.step)  # a nan loss is noted, read at check_diverged
         self.step += 1
         return train_loss
 
-    def check_weights_finite(self):
-        if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
-            self.stop_diverged("the weights became nan or inf")  # every process sees the same weights, stops here
+    def check_diverged(self, weights: bool):
+        """Stop if a loss since the last check was nan or inf (noted on the device by the stepper) or, with `weights`,
+        if any weight is; before anything is evaluated or saved, and at every log interval."""
+        self.stepper.check_diverged(self.stop_diverged)
+        if weights and not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+            self.stop_diverged(f"the weights became nan or inf at step {self.step}")  # the same on every process
 
     def stop_diverged(self, what: str):
         kept = (f"nothing non-finite was saved: {self.cfg.out_dir}/model_checkpoint.tar (step {self.saved_step}) is "
                 f"kept as it was" if self.saved_step is not None else "no checkpoint of this run had been written")
-        raise TrainingDiverged(f"{what} at step {self.step}; {kept}. Try a lower --learning_rate (now "
+        raise TrainingDiverged(f"{what}; {kept}. Try a lower --learning_rate (now "
                                f"{self.cfg.learning_rate:g}), --grad_clip=1, or --dtype=float32")
 
     def evaluate(self, lr: float, elapsed: float, say, logger=None):
@@ -270,27 +287,28 @@ def main(argv=None):
         delete_earlier_run(out_dir)
 
     progress = make_progress_bar(run.step, cfg.max_iters, dist.is_main)
+    speed = Speedometer(flops_per_token(run.raw_model), run.peak_flops, dist.world_size)  # tokens/s and MFU
     started, tokens_seen = time.perf_counter(), 0
     while run.step < cfg.max_iters:
         lr = learning_rate(run.step, cfg)
-        train_loss = run.train_step(lr)
+        loss = run.train_step(lr)  # a tensor on the device, read only at log intervals
         step, last = run.step, run.step == cfg.max_iters
         tokens_seen += run.tokens_per_step
-        tokens_per_sec = tokens_seen / (time.perf_counter() - started)
+        speed.count(run.tokens_per_step)
+        evaluate, save = step % cfg.eval_interval == 0 or last, step % cfg.checkpoint_interval == 0 or last
         if progress:
             progress.update(1)
-            progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}",
-                                 refresh=False)
-        if logger and (step % 10 == 0 or last):
-            logger.log({"train/loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec}, step)
-        if last or step % cfg.eval_interval == 0 or step % cfg.checkpoint_interval == 0:
-            run.check_weights_finite()  # before anything is saved
-        if step % cfg.eval_interval == 0 or last:
+        if step % cfg.log_interval == 0 or evaluate or save:
+            run.check_diverged(weights=evaluate or save)  # waits for the device; before anything is saved
+            log_training(progress, logger, step, loss.item(), lr, *speed.read())
+        if evaluate:
             run.evaluate(lr, time.perf_counter() - started, progress.write if progress else print, logger)
-        if dist.is_main and (step % cfg.checkpoint_interval == 0 or last):
+        if dist.is_main and save:
             run.save("model_checkpoint.tar")
         if dist.is_main and run.history and run.history[-1]["step"] == step:
             run.draw_curves()
+        if evaluate or save:
+            speed.restart()  # the time spent evaluating and saving is not training's
     if progress:
         progress.close()
     if dist.is_main:
@@ -298,7 +316,8 @@ def main(argv=None):
         print(f"done: {run.step} steps in {elapsed:.0f}s ({tokens_seen / elapsed:,.0f} tokens/s), best val loss "
               f"{run.best_val:.4f}; checkpoints in {out_dir}/")
         if cfg.sample_tokens:
-            print_sample(run.raw_model, tokenizer, cfg.sample_tokens, run.device, run.ctx, int(tokens.train[0]))
+            text = sample_text(run.raw_model, tokenizer, cfg.sample_tokens, run.device, run.ctx, int(tokens.train[0]))
+            print("\n--- sample ---\n" + text + "\n--------------")
     if logger:
         logger.finish()
     dist.stop()
@@ -324,33 +343,10 @@ def print_summary(run: Run, corpus: str, precision: str):
           f"{cfg.max_iters}, lr {cfg.learning_rate:g} (warmup {cfg.warmup_iters}, cosine to "
           f"{cfg.min_lr:g} at {cfg.lr_decay_iters or cfg.max_iters}), device {run.device}")
     print(f"precision: {precision}")
-
-
-def sample_start(tokenizer: Tokenizer, first_id: int) -> int:
-    """The token a sample starts from: end-of-text, else a newline, else (a corpus without one) `first_id`."""
-    if tokenizer.eot_id is not None:
-        return tokenizer.eot_id
-    try:
-        newline = tokenizer.encode("\n")
-    except TokenizerError:  # a char tokenizer of a corpus with no newline
-        newline = []
-    return newline[0] if newline else first_id
-
-
-def print_sample(model, tokenizer: Tokenizer, num_tokens: int, device, ctx, first_id: int = 0):
-    """A few hundred tokens from the trained model, started from an end-of-text or newline token (or `first_id`, the
-    corpus's first token, when the vocabulary has neither)."""
-    start = sample_start(tokenizer, first_id)
-    model.eval()
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one token at a time is too little work to share: a second thread only waits
-    try:
-        with ctx:
-            ids = model.generate(torch.tensor([[start]], device=device), num_tokens, temperature=0.8)
-    finally:
-        torch.set_num_threads(threads)
-    print("\n--- sample ---\n" + tokenizer.decode(ids[0, 1:].tolist()).strip() + "\n--------------")
+    peak = f"{run.peak_flops / 1e12:.3g} TFLOP/s" if run.peak_flops else "unknown"
+    print(f"speed: 6N + 12LTC = {flops_per_token(model) / 1e6:,.1f} MFLOPs per token (PaLM appendix B); peak per "
+          f"device {peak} ({run.peak_source}), for MFU" +
+          (", activation checkpointing on" if cfg.activation_checkpointing else ""))
 
 
 if __name__ == "__main__":

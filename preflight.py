@@ -49,10 +49,12 @@ def check_corpus_exists(path: str | None):
 def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int):
     """Refuse a model, batch or sample this machine cannot hold, before any work, with a lower bound of its needs:
     16 bytes per parameter (float32 weights, gradients and AdamW's two moments) plus float32 activations kept for the
-    backward pass (per block at least ten (B, T, C) tensors, and the (B, T, V) logits and their gradient)."""
+    backward pass (per block at least ten (B, T, C) tensors, and the (B, T, V) logits and their gradient; with
+    activation checkpointing, one per block plus the ten of the block being recomputed)."""
     B, T, C, L = train_cfg.batch_size, model_cfg.block_size, model_cfg.embedding_dim, model_cfg.num_of_layers
     params = vocab_size * C + T * C + L * 12 * C * C  # embeddings; per block qkv 3C^2, proj C^2, MLP 8C^2
-    activations = 4 * B * T * (10 * L * C + 2 * vocab_size)
+    kept = L + 10 if train_cfg.activation_checkpointing else 10 * L  # (B, T, C) tensors alive at once
+    activations = 4 * B * T * (kept * C + 2 * vocab_size)
     check_fits(16 * params + activations, f"training {params:,} parameters on batches of {B} x {T} tokens",
                "use a smaller --embedding_dim, --num_of_layers, --block_size or --batch_size")
     check_fits(SAMPLE_BYTES_PER_TOKEN * train_cfg.sample_tokens, f"--sample_tokens={train_cfg.sample_tokens}",

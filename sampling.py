@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tokenizer import Tokenizer, TokenizerError
+
 PREALLOCATE = 1 << 16  # new-token columns stream() allocates at most; past them it keeps only the model's window
 
 
@@ -196,3 +198,30 @@ def generate(model, idx, max_new_tokens: int, return_probs: bool = False, top_al
     top_ids = torch.stack([s.top_ids for s in steps], dim=1)  # (B, N, A)
     top_probs = torch.stack([s.top_probs for s in steps], dim=1)  # (B, N, A)
     return Generation(ids, probs, top_ids, top_probs)
+
+
+def sample_start(tokenizer: Tokenizer, first_id: int) -> int:
+    """The token a sample starts from: end-of-text, else a newline, else (a corpus without one) `first_id`."""
+    if tokenizer.eot_id is not None:
+        return tokenizer.eot_id
+    try:
+        newline = tokenizer.encode("\n")
+    except TokenizerError:  # a char tokenizer of a corpus with no newline
+        newline = []
+    return newline[0] if newline else first_id
+
+
+def sample_text(model, tokenizer: Tokenizer, num_tokens: int, device, ctx, first_id: int = 0) -> str:
+    """What playground.py prints after training: num_tokens from the model at temperature 0.8, started from an
+    end-of-text or newline token (or `first_id`, the corpus's first token, when the vocabulary has neither)."""
+    start = sample_start(tokenizer, first_id)
+    model.eval()
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one token at a time is too little work to share: a second thread only waits
+    try:
+        with ctx:
+            ids = model.generate(torch.tensor([[start]], device=device), num_tokens, temperature=0.8)
+    finally:
+        torch.set_num_threads(threads)
+    return tokenizer.decode(ids[0, 1:].tolist()).strip()

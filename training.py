@@ -2,8 +2,9 @@
 
     learning_rate(step, cfg)    warmup then cosine decay to a floor (GPT-1 section 4.1, GPT-3 appendix B): pre-training
     lr_factor(step, total)      warmup then linear decay to 0 (GPT-1 section 4.1, fine-tuning)
-    OptimizerStep               backward with float16 loss scaling, the nan/inf guard, gradient clipping, AdamW's step
-    make_progress_bar, WandbLogger, maybe_compile
+    OptimizerStep               backward with float16 loss scaling, the nan/inf guard (without a wait per step on a
+                                GPU), gradient clipping, AdamW's step
+    make_progress_bar, log_training, WandbLogger, maybe_compile
 
 Loss scaling (Micikevicius et al. 2018): float16 cannot hold gradients below 6e-8, so the loss is multiplied by a
 large factor before backward and the gradients divided by it before the step; torch's GradScaler lowers the factor
@@ -64,22 +65,38 @@ def lr_factor(step: int, total: int) -> float:
 
 
 class OptimizerStep:
-    """backward(loss) for each (micro-)batch, then step(loss_value, stop): the one optimizer step of every loop.
+    """backward(loss) for each (micro-)batch, then step(loss, stop): the one optimizer step of every loop.
 
-    step() refuses a nan/inf loss by calling stop(what) (which raises, with the caller's advice), unscales and clips
-    the gradients' global norm to grad_clip (GPT-3 appendix B; 0 = off), steps the optimizer (GradScaler skips a
-    step whose float16 gradients overflowed) and clears the gradients."""
+    step() guards against a nan/inf loss by calling stop(what) (which raises, with the caller's advice), unscales and
+    clips the gradients' global norm to grad_clip (GPT-3 appendix B; 0 = off), steps the optimizer (GradScaler skips
+    a step whose float16 gradients overflowed) and clears the gradients.
+
+    The guard without a wait per step. A loss given as a number is checked at once, before the step. But turning a
+    GPU tensor into a number (`.item()`) makes the CPU wait until every queued kernel has run, and then the GPU idles
+    while the CPU queues the next step. So a loss given as a tensor is only noted, on the device: two tiny kernels
+    keep the first non-finite loss and its step, and nothing waits. check_diverged(stop) reads the note (one wait);
+    playground.py calls it at every log interval and before anything is evaluated or saved. A diverged run stops at
+    most log_interval steps late, its weights by then nan as well, but nothing non-finite is ever written.
+    (In float16, GradScaler must know whether the gradients overflowed: with fused AdamW, CUDA's, it hands that flag
+    to the optimizer's kernel and nothing waits; with foreach AdamW it reads it, one wait a step.)"""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
                  dtype: torch.dtype, device: torch.device):
         self.parameters, self.optimizer, self.grad_clip = list(model.parameters()), optimizer, grad_clip
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # -1: every loss so far finite
+        self.first_bad_loss = torch.zeros((), device=device)
 
     def backward(self, loss: torch.Tensor):
         self.scaler.scale(loss).backward()  # loss * scale in float16; the loss itself otherwise
 
-    def step(self, loss: float, stop):
-        if not math.isfinite(loss):
+    def step(self, loss: float | torch.Tensor, stop, step: int = 0):
+        """loss: this step's loss, a number (checked now) or a tensor (noted as the loss of step `step`)."""
+        if isinstance(loss, torch.Tensor):
+            first = ~torch.isfinite(loss) & (self.first_bad_step < 0)  # on the device, no wait
+            self.first_bad_step = torch.where(first, step, self.first_bad_step)
+            self.first_bad_loss = torch.where(first, loss.float(), self.first_bad_loss)
+        elif not math.isfinite(loss):
             stop(f"loss became {loss}")
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -87,6 +104,12 @@ class OptimizerStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def check_diverged(self, stop):
+        """stop("loss became nan at step s") if a loss noted by step() was not finite (waits for the device)."""
+        step = int(self.first_bad_step)
+        if step >= 0:
+            stop(f"loss became {self.first_bad_loss.item()} at step {step}")
 
     def scaler_state(self) -> dict | None:
         """What a checkpoint keeps so that a resumed float16 run scales as the uninterrupted one would."""
@@ -106,6 +129,18 @@ def maybe_compile(model, compile_requested: bool):
     except Exception as e:  # no compiler toolchain, unsupported platform ...
         warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training without it")
         return model
+
+
+def log_training(progress, logger, step: int, loss: float, lr: float, tokens_per_sec: float, mfu: float | None):
+    """A log interval's figures: on the progress bar, and to wandb (train/loss, lr, tokens_per_sec, mfu)."""
+    shown = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok_s": f"{tokens_per_sec:,.0f}"}
+    metrics = {"train/loss": loss, "lr": lr, "tokens_per_sec": tokens_per_sec}
+    if mfu is not None:
+        shown["mfu"], metrics["mfu"] = f"{100 * mfu:.1f}%", mfu
+    if progress:
+        progress.set_postfix(shown, refresh=False)
+    if logger:
+        logger.log(metrics, step)
 
 
 def make_progress_bar(start: int, total: int, enabled: bool):

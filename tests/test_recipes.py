@@ -1,0 +1,50 @@
+"""configs/: the GPT-2 (124M) recipe is GPT-2's shape and batch, and its CPU rehearsal trains and resumes exactly."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import playground
+from config import ModelConfig, TrainConfig, load_config
+from gpt import GPT
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+GPT2_PARAMETERS = 124_439_808  # OpenAI's GPT-2 small, position and (tied) token embeddings included
+
+
+def recipe(name: str, *flags):
+    (model_cfg, train_cfg), _ = load_config(["--config", str(CONFIGS / name), *flags], (ModelConfig, TrainConfig), "")
+    return model_cfg, train_cfg
+
+
+def test_the_gpt2_recipe_is_gpt2_small_with_half_a_million_tokens_per_step():
+    model_cfg, train_cfg = recipe("gpt2-124m.yaml")
+    assert model_cfg.vocab_size is None  # the tokenizer's: GPT-2's 50,257
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        model = GPT(ModelConfig(**{**model_cfg.__dict__, "vocab_size": 50257}))
+    assert model.num_parameters() == GPT2_PARAMETERS
+    assert train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps == 2 ** 19
+    assert train_cfg.gradient_accumulation_steps % 16 == 0  # 8 GPUs, or 2 nodes of 8, share the micro-batches
+    assert (train_cfg.learning_rate, train_cfg.min_lr, train_cfg.warmup_iters, train_cfg.max_iters) == \
+        (6e-4, 6e-5, 2000, 600_000)
+    assert (train_cfg.beta1, train_cfg.beta2, train_cfg.weight_decay, train_cfg.dtype, train_cfg.compile) == \
+        (0.9, 0.95, 0.1, "bfloat16", True)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("private_cache")
+def test_the_rehearsal_trains_and_resumes_to_the_same_weights(tmp_path):
+    """The rehearsal as it is (built-in corpus, bbpe:1024, 4 micro-batches a step), cut to 4 steps: 15-30 s."""
+    quick = ["--config", str(CONFIGS / "gpt2-124m-rehearsal.yaml"), "--eval_iters=2", "--eval_interval=2",
+             "--checkpoint_interval=2", "--sample_tokens=0", "--dtype=float32"]
+    playground.main([*quick, f"--out_dir={tmp_path / 'straight'}", "--max_iters=4"])
+    playground.main([*quick, f"--out_dir={tmp_path / 'split'}", "--max_iters=2"])
+    playground.main([f"--out_dir={tmp_path / 'split'}", "--resume", "--max_iters=4"])
+    a = checkpoint.load_checkpoint(tmp_path / "straight" / "model_checkpoint.tar")
+    b = checkpoint.load_checkpoint(tmp_path / "split" / "model_checkpoint.tar")
+    assert a["step"] == b["step"] == 4 and a["train_config"]["gradient_accumulation_steps"] == 4
+    assert a["model_config"]["block_size"] == 256 and a["model_config"]["vocab_size"] == 1024
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["best_val_loss"] == b["best_val_loss"]
