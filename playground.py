@@ -3,7 +3,7 @@
 With no corpus it trains on the built-in Shakespeare (data.py) and prints a sample when done. The loop is the
 classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live in training.py):
 
-    for each step:     lr from the schedule (linear warmup, then cosine decay to a floor; GPT-3 appendix B)
+    for each step:     lr from the schedule (linear warmup, then cosine decay to a floor, GPT-3 appendix B; or WSD)
                        forward + backward on one or more micro-batches (gradient accumulation)
                        clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
     every log_interval steps:         the loss read back from the device: progress bar (tokens/s, MFU: flops.py),
@@ -340,7 +340,7 @@ def print_summary(run: Run, corpus: str, precision: str):
     if dist.enabled:
         scope = "global "
     print(f"training: {run.tokens_per_step:,} {scope}tokens per step{accumulation}, steps {run.step} -> "
-          f"{cfg.max_iters}, lr {cfg.learning_rate:g} (warmup {cfg.warmup_iters}, cosine to "
+          f"{cfg.max_iters}, lr {cfg.learning_rate:g} (warmup {cfg.warmup_iters}, {cfg.schedule} to "
           f"{cfg.min_lr:g} at {cfg.lr_decay_iters or cfg.max_iters}), device {run.device}")
     print(f"precision: {precision}")
     peak = f"{run.peak_flops / 1e12:.3g} TFLOP/s" if run.peak_flops else "unknown"
