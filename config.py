@@ -119,7 +119,12 @@ class TrainConfig:
                                   "peak, then linear decay to min_lr over the last decay_fraction of the steps",
                         choices=("cosine", "wsd"))
     decay_fraction: float = arg(0.2, "wsd: the fraction of lr_decay_iters (or max_iters) spent decaying")
-    weight_decay: float = arg(0.1, "AdamW decoupled weight decay, on weight matrices only (GPT-1 section 4.1)")
+    optimizer: str = arg("adamw", "adamw for every parameter, or muon (muon.py) for the blocks' weight matrices "
+                                  "with AdamW for the rest", choices=("adamw", "muon"))
+    muon_learning_rate: float = arg(0.02, "peak learning rate of the matrices Muon trains (--optimizer=muon); the "
+                                          "schedule scales it as it scales learning_rate")
+    weight_decay: float = arg(0.1, "AdamW decoupled weight decay, on weight matrices only (GPT-1 section 4.1); "
+                                   "none on Muon's")
     beta1: float = arg(0.9, "AdamW beta1")
     beta2: float = arg(0.99, "AdamW beta2")
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
@@ -149,8 +154,8 @@ class TrainConfig:
     def __post_init__(self):
         check_numbers(self)
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
-                        "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters", "log_interval",
-                        "peak_flops")
+                        "muon_learning_rate", "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters",
+                        "log_interval", "peak_flops")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise UserError(f"decay_fraction={self.decay_fraction} must be in [0, 1], e.g. --decay_fraction=0.2")
         if not 0.0 < self.val_fraction < 1.0:

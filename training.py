@@ -11,7 +11,7 @@ Loss scaling (Micikevicius et al. 2018): float16 cannot hold gradients below 6e-
 large factor before backward and the gradients divided by it before the step; torch's GradScaler lowers the factor
 (and skips that step) when a gradient overflows, and raises it again after a run of good steps. bfloat16 and float32
 need none: there the scaler is off and changes nothing.
-Read next: playground.py.
+Read next: muon.py, the optimizer --optimizer=muon uses; then playground.py.
 """
 import dataclasses
 import math
