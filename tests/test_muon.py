@@ -58,13 +58,16 @@ def test_muon_refuses_a_vector():
         Muon([torch.nn.Parameter(torch.zeros(8))])
 
 
-def tiny_gpt():
+def tiny_gpt(**options):
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=30, block_size=16, embedding_dim=32, num_of_layers=2, num_of_heads=2))
+    return GPT(ModelConfig(vocab_size=30, block_size=16, embedding_dim=32, num_of_layers=2, num_of_heads=2,
+                           **options))
 
 
-def test_muon_takes_the_blocks_matrices_and_adamw_everything_else():
-    model = tiny_gpt()
+@pytest.mark.parametrize("options", [{}, dict(position="rope", norm="rms", qk_norm=True, tie_embeddings=False)],
+                         ids=["gpt2", "modern"])
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(options):
+    model = tiny_gpt(**options)
     optimizer = MuonWithAdamW(model, muon_lr=0.02, adamw_lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
     names = {id(p): name for name, p in model.named_parameters()}
     muon = sorted(names[id(p)] for group in optimizer.muon.param_groups for p in group["params"])
@@ -72,7 +75,8 @@ def test_muon_takes_the_blocks_matrices_and_adamw_everything_else():
                           for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"))
     adamw = [names[id(p)] for group in optimizer.adamw.param_groups for p in group["params"]]
     assert "tok_emb.weight" in adamw and "blocks.0.ln_1.weight" in adamw and "blocks.0.attn.qkv.bias" in adamw
-    assert sorted(muon + adamw) == sorted(names.values())  # every parameter once (the tied head is tok_emb)
+    assert sorted(muon + adamw) == sorted(names.values())  # every parameter once (a tied head is tok_emb)
+    assert ("lm_head.weight" in adamw) == (options.get("tie_embeddings") is False)  # an untied head: AdamW's
     assert [g["lr_scale"] for g in optimizer.param_groups if "lr_scale" in g] == [pytest.approx(20.0)]
     assert hidden_matrices(model) == [p for g in optimizer.muon.param_groups for p in g["params"]]
 
