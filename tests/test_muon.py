@@ -7,7 +7,7 @@ import torch
 
 import checkpoint
 import playground
-from config import ModelConfig
+from config import ModelConfig, UserError
 from gpt import GPT
 from muon import Muon, MuonWithAdamW, hidden_matrices, orthogonalize
 from tiny import TINY
@@ -118,6 +118,8 @@ def test_resume_with_muon_and_wsd_is_exact(corpus, tmp_path, capsys):
              "--eval_interval=10"]
     playground.main([corpus, f"--out_dir={tmp_path / 'straight'}", "--max_iters=30", *flags])
     playground.main([corpus, f"--out_dir={tmp_path / 'split'}", "--max_iters=15", *flags])
+    with pytest.raises(UserError, match=r"--optimizer differs from the checkpoint's \('muon'\)"):
+        playground.main([corpus, f"--out_dir={tmp_path / 'split'}", "--max_iters=30", "--resume", "--optimizer=adamw"])
     playground.main([corpus, f"--out_dir={tmp_path / 'split'}", "--max_iters=30", "--resume"])
     assert "muon lr 0.02" in capsys.readouterr().out
     a = checkpoint.load_checkpoint(tmp_path / "straight" / "model_checkpoint.tar")

@@ -73,6 +73,9 @@ def test_wsd_schedule_warms_up_as_cosine_holds_the_peak_then_falls_to_min_lr():
     assert lrs[900] == pytest.approx(5.5e-4) and lrs[999] == pytest.approx(1e-4 + 9e-4 / 200)
     assert lrs[1000] == lrs[1199] == 1e-4  # min_lr where the cosine reaches it too
     assert training.learning_rate(900, schedule(**settings, schedule="wsd", decay_fraction=0.0)) == 1e-3
+    docstring = schedule(max_iters=20, learning_rate=1.0, min_lr=0.1, warmup_iters=0, schedule="wsd")
+    assert [training.learning_rate(s, docstring) for s in range(21)] == pytest.approx([1.0] * 17 + [0.775, 0.55,
+                                                                                                    0.325, 0.1])
 
 
 def test_schedule_defaults_scale_with_run_length():
