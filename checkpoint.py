@@ -11,7 +11,7 @@ everything needed to resume a run exactly and to generate without side files:
     model_config       ModelConfig as a dict
     tokenizer          the tokenizer.json text
     train_config       TrainConfig as a dict
-    optimizer          AdamW's state_dict
+    optimizer          AdamW's state_dict; with --optimizer=muon, {"muon": Muon's, "adamw": AdamW's}
     step               optimizer steps done (also the data position: batches are a function of the step)
     best_val_loss      the lowest validation loss so far
     rng                torch's CPU RNG state (dropout); a GPU's generator is not saved

@@ -112,10 +112,19 @@ class TrainConfig:
     gradient_accumulation_steps: int = arg(1, "micro-batches summed into one optimizer step (1 = off)")
     max_iters: int = arg(3000, "optimizer steps to train for")
     learning_rate: float = arg(4e-3, "peak learning rate, reached at the end of warmup")
-    min_lr: float | None = arg(None, "floor of the cosine decay; learning_rate / 10 when not given")
+    min_lr: float | None = arg(None, "floor of the decay; learning_rate / 10 when not given")
     warmup_iters: int | None = arg(None, "linear warmup steps; when not given, 5%% of max_iters capped at 2000")
-    lr_decay_iters: int | None = arg(None, "step at which the cosine reaches min_lr; max_iters when not given")
-    weight_decay: float = arg(0.1, "AdamW decoupled weight decay, on weight matrices only (GPT-1 section 4.1)")
+    lr_decay_iters: int | None = arg(None, "step at which the decay reaches min_lr; max_iters when not given")
+    schedule: str = arg("cosine", "after warmup: cosine decay to min_lr, or wsd (warmup-stable-decay): constant at the "
+                                  "peak, then linear decay to min_lr over the last decay_fraction of the steps",
+                        choices=("cosine", "wsd"))
+    decay_fraction: float = arg(0.2, "wsd: the fraction of lr_decay_iters (or max_iters) spent decaying")
+    optimizer: str = arg("adamw", "adamw for every parameter, or muon (muon.py) for the blocks' weight matrices "
+                                  "with AdamW for the rest", choices=("adamw", "muon"))
+    muon_learning_rate: float = arg(0.02, "peak learning rate of the matrices Muon trains (--optimizer=muon); the "
+                                          "schedule scales it as it scales learning_rate")
+    weight_decay: float = arg(0.1, "AdamW decoupled weight decay, on weight matrices only (GPT-1 section 4.1); "
+                                   "none on Muon's")
     beta1: float = arg(0.9, "AdamW beta1")
     beta2: float = arg(0.99, "AdamW beta2")
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
@@ -145,8 +154,10 @@ class TrainConfig:
     def __post_init__(self):
         check_numbers(self)
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
-                        "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters", "log_interval",
-                        "peak_flops")
+                        "muon_learning_rate", "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters",
+                        "log_interval", "peak_flops")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise UserError(f"decay_fraction={self.decay_fraction} must be in [0, 1], e.g. --decay_fraction=0.2")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction={self.val_fraction} must be between 0 and 1")
         for name in ("warmup_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):

@@ -182,12 +182,13 @@ class GPT(nn.Module):
             x = block(x)  # (B, T, C)
         return torch.stack(maps)  # (num_of_layers, B, H, T, T)
 
-    def configure_optimizer(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.99)):
+    def configure_optimizer(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.99), params=None):
         """AdamW with decay on weight matrices only (GPT-1 section 4.1: L2 on "all non bias or gain weights").
 
         Matrices (Linear weights, embeddings) decay; biases and LayerNorm gains, which are vectors, do not.
+        params: the parameters to train (all by default; muon.py gives AdamW the ones Muon does not train).
         """
-        params = [p for p in self.parameters() if p.requires_grad]  # parameters() yields the tied matrix once
+        params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]  # tied: once
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

@@ -3,9 +3,9 @@
 With no corpus it trains on the built-in Shakespeare (data.py) and prints a sample when done. The loop is the
 classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live in training.py):
 
-    for each step:     lr from the schedule (linear warmup, then cosine decay to a floor; GPT-3 appendix B)
+    for each step:     lr from the schedule (linear warmup, then cosine decay to a floor, GPT-3 appendix B; or WSD)
                        forward + backward on one or more micro-batches (gradient accumulation)
-                       clip the gradient norm to 1 (GPT-3 appendix B), AdamW step
+                       clip the gradient norm to 1 (GPT-3 appendix B), AdamW step (or Muon's: muon.py)
     every log_interval steps:         the loss read back from the device: progress bar (tokens/s, MFU: flops.py),
                                       wandb, the nan check
     every eval_interval steps:        train/val loss over eval_iters batches, val bits per character,
@@ -41,6 +41,7 @@ from device import autocast, choose_precision, describe, resolve_device
 from distributed import Distributed
 from flops import Speedometer, flops_per_token, peak_flops
 from gpt import GPT
+from muon import MuonWithAdamW
 from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_dir
 from sampling import sample_text
 from tokenizer import Tokenizer, TokenizerError
@@ -152,6 +153,14 @@ def best_val_loss_on_disk(path: str) -> float:
         return float("inf")  # unreadable: the next improvement replaces it
 
 
+def build_optimizer(model: GPT, cfg: TrainConfig):
+    """AdamW for every parameter, or with --optimizer=muon, Muon for the blocks' matrices and AdamW for the rest."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "muon":
+        return MuonWithAdamW(model, cfg.muon_learning_rate, cfg.learning_rate, cfg.weight_decay, betas)
+    return model.configure_optimizer(cfg.learning_rate, cfg.weight_decay, betas)
+
+
 class Run:
     """The model, its optimizer and where the run stands (step, best validation loss, what is on disk), built fresh
     or from the checkpoint being resumed; train_step, evaluate and save act on it."""
@@ -168,8 +177,7 @@ class Run:
         torch.manual_seed(train_cfg.seed)
         self.raw_model = (GPT(model_cfg) if pretrained is None else pretrained).to(self.device)
         self.raw_model.activation_checkpointing = train_cfg.activation_checkpointing
-        self.optimizer = self.raw_model.configure_optimizer(train_cfg.learning_rate, train_cfg.weight_decay,
-                                                            (train_cfg.beta1, train_cfg.beta2))
+        self.optimizer = build_optimizer(self.raw_model, train_cfg)
         self.stepper = OptimizerStep(self.raw_model, self.optimizer, train_cfg.grad_clip, self.dtype, self.device)
         self.step, self.best_val = 0, float("inf")
         self.history = list(resumed.history or []) if resumed else []  # every evaluation: the curves
@@ -203,7 +211,7 @@ class Run:
         """One optimizer step at learning rate `lr` over this process's micro-batches; returns the mean loss, a tensor
         on the device (reading it would make the CPU wait for the GPU: the caller does so at log intervals only)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: muon_learning_rate / learning_rate
         loss_sum = torch.zeros((), device=self.device)
         for i in range(len(self.micro_steps)):
             x, y = self.next_batch
@@ -339,8 +347,9 @@ def print_summary(run: Run, corpus: str, precision: str):
                         f"accumulated{processes})")
     if dist.enabled:
         scope = "global "
+    muon = f", muon lr {cfg.muon_learning_rate:g} for the blocks' matrices" if cfg.optimizer == "muon" else ""
     print(f"training: {run.tokens_per_step:,} {scope}tokens per step{accumulation}, steps {run.step} -> "
-          f"{cfg.max_iters}, lr {cfg.learning_rate:g} (warmup {cfg.warmup_iters}, cosine to "
+          f"{cfg.max_iters}, lr {cfg.learning_rate:g}{muon} (warmup {cfg.warmup_iters}, {cfg.schedule} to "
           f"{cfg.min_lr:g} at {cfg.lr_decay_iters or cfg.max_iters}), device {run.device}")
     print(f"precision: {precision}")
     peak = f"{run.peak_flops / 1e12:.3g} TFLOP/s" if run.peak_flops else "unknown"

@@ -1,6 +1,7 @@
 """What every training loop here shares (playground.py pre-trains, classify.py fine-tunes), as nanochat's common.py.
 
-    learning_rate(step, cfg)    warmup then cosine decay to a floor (GPT-1 section 4.1, GPT-3 appendix B): pre-training
+    learning_rate(step, cfg)    pre-training: warmup, then cosine decay to a floor (GPT-1 section 4.1, GPT-3 appendix
+                                B), or warmup-stable-decay (--schedule=wsd; Hu et al. 2024, Hagele et al. 2024)
     lr_factor(step, total)      warmup then linear decay to 0 (GPT-1 section 4.1, fine-tuning)
     OptimizerStep               backward with float16 loss scaling, the nan/inf guard (without a wait per step on a
                                 GPU), gradient clipping, AdamW's step
@@ -10,7 +11,7 @@ Loss scaling (Micikevicius et al. 2018): float16 cannot hold gradients below 6e-
 large factor before backward and the gradients divided by it before the step; torch's GradScaler lowers the factor
 (and skips that step) when a gradient overflows, and raises it again after a run of good steps. bfloat16 and float32
 need none: there the scaler is off and changes nothing.
-Read next: playground.py.
+Read next: muon.py, the optimizer --optimizer=muon uses; then playground.py.
 """
 import dataclasses
 import math
@@ -30,10 +31,11 @@ class TrainingDiverged(UserError):
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup from lr/(warmup+1) to lr, then cosine decay towards min_lr until lr_decay_iters, then min_lr.
+    """The lr of optimizer step `step`: linear warmup from lr/(warmup+1) to lr, then cfg.schedule's decay (cosine or
+    wsd) down to min_lr at lr_decay_iters, then min_lr.
 
     Warmup (GPT-1 section 4.1) keeps Adam's first, badly estimated updates small; the cosine (GPT-3 appendix B)
-    anneals to a floor of lr/10. The cosine reaches min_lr at lr_decay_iters, inside the run only when
+    anneals to a floor of lr/10. The decay reaches min_lr at lr_decay_iters, inside the run only when
     lr_decay_iters < max_iters (by default they are equal, and the last step's lr is just above min_lr).
     """
     warmup, decay_end = cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters
@@ -41,8 +43,27 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.learning_rate * (step + 1) / (warmup + 1)
     if step >= decay_end:
         return cfg.min_lr
+    if cfg.schedule == "wsd":
+        return warmup_stable_decay(step, decay_end, cfg)
     progress = (step - warmup) / max(1, decay_end - warmup)  # 0 -> 1
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def warmup_stable_decay(step: int, decay_end: int, cfg: TrainConfig) -> float:
+    """After warmup: the peak lr, held, then a straight line down to min_lr over the last decay_fraction of the
+    steps (WSD: Hu et al. 2024, MiniCPM section 4; Hagele et al. 2024, "Scaling Laws and Compute-Optimal Training
+    Beyond Fixed Training Durations"). The long constant stretch means a run can be extended, or a checkpoint
+    from its middle cooled down, without starting over; the short cooldown gives most of the cosine's final gain.
+
+    The line runs from the peak at step decay_end - decay_steps to min_lr at decay_end, as the cosine does. With
+    learning_rate 1, min_lr 0.1 and 20 steps at decay_fraction 0.2: 1.0 up to step 16, then 0.775, 0.55 and 0.325 at
+    steps 17, 18 and 19; min_lr would come at step 20.
+    """
+    decay_steps = round(cfg.decay_fraction * decay_end)
+    remaining = decay_end - step  # 1 at the last step
+    if remaining >= decay_steps:
+        return cfg.learning_rate
+    return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * remaining / decay_steps
 
 
 def resolve_schedule(cfg: TrainConfig) -> TrainConfig:

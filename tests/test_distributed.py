@@ -56,6 +56,17 @@ def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
 
 
+def test_two_processes_equal_one_process_with_muon(corpus, tmp_path):
+    """DDP hands every process the same averaged gradients, so each computes the same Muon update: no sharding."""
+    run(corpus, tmp_path / "two", "--max_iters=16", "--optimizer=muon", processes=2)
+    run(corpus, tmp_path / "one", "--max_iters=16", "--optimizer=muon")
+    a = checkpoint.load_checkpoint(tmp_path / "one" / "model_checkpoint.tar")
+    b = checkpoint.load_checkpoint(tmp_path / "two" / "model_checkpoint.tar")
+    assert set(a["optimizer"]) == {"muon", "adamw"}
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
 def test_a_two_process_run_resumed_by_one_process(corpus, tmp_path):
     run(corpus, tmp_path / "mixed", "--max_iters=16", processes=2)
     log = run(corpus, tmp_path / "mixed", "--max_iters=24", "--resume")

@@ -228,6 +228,9 @@ def test_a_corpus_of_one_distinct_token_is_refused(capsys, tmp_path, text):
     ("--grad_clip=inf", "grad_clip=inf must be a finite number"),
     ("--dropout=nan", "dropout=nan must be a finite number"),
     ("--val_fraction=nan", "val_fraction=nan must be a finite number"),
+    ("--decay_fraction=-0.1", "decay_fraction=-0.1 must be in [0, 1]"),
+    ("--optimizer=sgd", "argument --optimizer: invalid choice: 'sgd' (choose from 'adamw', 'muon')"),
+    ("--muon_learning_rate=0", "muon_learning_rate=0.0 must be positive"),
 ])
 def test_settings_that_mean_nothing_are_one_line(capsys, corpus, tmp_path, flag, message):
     assert message in fails(capsys, playground.main, [corpus, f"--out_dir={tmp_path / 'o'}", flag])

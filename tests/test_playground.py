@@ -63,6 +63,21 @@ def test_schedule_corners():
     assert lrs[999] == pytest.approx(1e-4, rel=1e-3) and lrs[1000] == lrs[1199] == 1e-4  # floor at the end
 
 
+def test_wsd_schedule_warms_up_as_cosine_holds_the_peak_then_falls_to_min_lr():
+    settings = dict(max_iters=1000, learning_rate=1e-3, warmup_iters=100, min_lr=1e-4)
+    cosine, wsd = schedule(**settings), schedule(**settings, schedule="wsd")  # decay_fraction 0.2 by default
+    lrs = [training.learning_rate(s, wsd) for s in range(1200)]
+    assert lrs[:100] == [training.learning_rate(s, cosine) for s in range(100)]  # the same warmup
+    assert lrs[100:801] == [1e-3] * 701  # stable: the peak until the last 200 steps begin
+    assert all(a > b for a, b in zip(lrs[800:1000], lrs[801:1001]))  # then a straight line down
+    assert lrs[900] == pytest.approx(5.5e-4) and lrs[999] == pytest.approx(1e-4 + 9e-4 / 200)
+    assert lrs[1000] == lrs[1199] == 1e-4  # min_lr where the cosine reaches it too
+    assert training.learning_rate(900, schedule(**settings, schedule="wsd", decay_fraction=0.0)) == 1e-3
+    docstring = schedule(max_iters=20, learning_rate=1.0, min_lr=0.1, warmup_iters=0, schedule="wsd")
+    assert [training.learning_rate(s, docstring) for s in range(21)] == pytest.approx([1.0] * 17 + [0.775, 0.55,
+                                                                                                    0.325, 0.1])
+
+
 def test_schedule_defaults_scale_with_run_length():
     assert schedule(max_iters=1000).warmup_iters == 50
     assert schedule(max_iters=600_000).warmup_iters == 2000
