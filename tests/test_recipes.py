@@ -48,3 +48,12 @@ def test_the_rehearsal_trains_and_resumes_to_the_same_weights(tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["best_val_loss"] == b["best_val_loss"]
+
+
+def test_gpt2_yaml_is_the_default_and_modern_yaml_changes_each_option():
+    defaults = (ModelConfig(), TrainConfig())
+    assert recipe("gpt2.yaml") == defaults
+    model_cfg, train_cfg = recipe("modern.yaml")
+    changed = {name for name, value in model_cfg.__dict__.items() if value != getattr(defaults[0], name)}
+    assert changed == {"position", "norm", "qk_norm", "activation", "bias", "tie_embeddings", "zero_init"}
+    assert (train_cfg.optimizer, train_cfg.schedule) == ("muon", "wsd")
