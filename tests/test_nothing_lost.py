@@ -333,7 +333,7 @@ def test_a_full_disk_while_saving_a_classifier_is_one_line(capsys, tmp_path, mon
     before = hashes(out)
     full_disk(monkeypatch, RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 36"))
     err = fails(capsys, classify.main, ["train", data, "--checkpoint", lm, "--out_dir", str(out), "--max_steps=2",
-                                        "--device=cpu", "--dtype=float32"])
+                                        "--device=cpu", "--dtype=float32", "--overwrite"])
     assert "cannot write" in err and "unexpected pos 64 vs 36; the previous classifier.tar is intact" in err
     assert hashes(out) == before
 
