@@ -327,7 +327,7 @@ class MultiHeadAttention(nn.Module):
         self.rotary = Rotary(embedding_dim // num_heads, rotary_max_len) if rotary_max_len else None
         self.qk_norm = qk_norm
 
-    def _position(self, q, k, start: int):
+    def _normalize_and_rotate(self, q, k, start: int):
         """QK-norm and the rotation, when switched on, of q and k: (B, H, T, D) each, at positions start onwards."""
         if self.qk_norm:
             q, k = rms_normalize(q), rms_normalize(k)
@@ -349,7 +349,7 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        q, k = self._position(q, k, kv_cache.length if kv_cache is not None else 0)  # (B, H, T, D) each
+        q, k = self._normalize_and_rotate(q, k, kv_cache.length if kv_cache is not None else 0)  # (B, H, T, D) each
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (B, H, S, D), S = cached + new positions
         S = k.size(2)
@@ -386,7 +386,7 @@ class MultiHeadAttention(nn.Module):
         B, _, C = x.shape
         H, D = self.num_heads, C // self.num_heads
         q, k, v = self.qkv(x).view(B, 3, H, 1, D).unbind(1)  # 3 x (B, H, 1, D)
-        q, k = self._position(q, k, kv_cache.length)  # (B, H, 1, D) each, at the next position
+        q, k = self._normalize_and_rotate(q, k, kv_cache.length)  # (B, H, 1, D) each, at the next position
         k, v = kv_cache.append(k, v)  # (B, H, S, D) each, S = cached positions + this one
         attend = F.scaled_dot_product_attention if self.backend == "sdpa" else scaled_dot_product_attention  # flash too
         y = attend(q, k, v)  # (B, H, 1, D)
@@ -400,5 +400,5 @@ class MultiHeadAttention(nn.Module):
         q, k, _ = self.qkv(x).split(C, dim=2)  # 2 x (B, T, C)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        q, k = self._position(q, k, 0)  # (B, H, T, D) each
+        q, k = self._normalize_and_rotate(q, k, 0)  # (B, H, T, D) each
         return attention_weights(q, k, is_causal=self.causal)  # (B, H, T, T)

@@ -52,8 +52,7 @@ def matmul_parameters(model) -> int:
     """N of PaLM's 6N: the parameters a token is multiplied by. The embedding tables are looked up, not multiplied,
     so they are left out; the output layer's matrix is multiplied, so it counts, also when it is the token embedding
     (tied: then it counts once)."""
-    looked_up = {id(model.tok_emb.weight)} | ({id(model.pos_emb.weight)} if model.pos_emb is not None else set())
-    n = sum(p.numel() for p in model.parameters() if id(p) not in looked_up)
+    n = model.num_parameters(include_embeddings=False)  # every parameter but the token and position tables
     return n + model.lm_head.weight.numel() if model.lm_head.weight is model.tok_emb.weight else n
 
 

@@ -296,12 +296,11 @@ def main(argv=None):
 
     progress = make_progress_bar(run.step, cfg.max_iters, dist.is_main)
     speed = Speedometer(flops_per_token(run.raw_model), run.peak_flops, dist.world_size)  # tokens/s and MFU
-    started, tokens_seen = time.perf_counter(), 0
+    started, first_step = time.perf_counter(), run.step
     while run.step < cfg.max_iters:
         lr = learning_rate(run.step, cfg)
         loss = run.train_step(lr)  # a tensor on the device, read only at log intervals
         step, last = run.step, run.step == cfg.max_iters
-        tokens_seen += run.tokens_per_step
         speed.count(run.tokens_per_step)
         evaluate, save = step % cfg.eval_interval == 0 or last, step % cfg.checkpoint_interval == 0 or last
         if progress:
@@ -321,7 +320,8 @@ def main(argv=None):
         progress.close()
     if dist.is_main:
         elapsed = time.perf_counter() - started
-        print(f"done: {run.step} steps in {elapsed:.0f}s ({tokens_seen / elapsed:,.0f} tokens/s), best val loss "
+        tokens_per_sec = (run.step - first_step) * run.tokens_per_step / elapsed
+        print(f"done: {run.step} steps in {elapsed:.0f}s ({tokens_per_sec:,.0f} tokens/s), best val loss "
               f"{run.best_val:.4f}; checkpoints in {out_dir}/")
         if cfg.sample_tokens:
             text = sample_text(run.raw_model, tokenizer, cfg.sample_tokens, run.device, run.ctx, int(tokens.train[0]))

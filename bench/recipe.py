@@ -24,6 +24,7 @@ from config import ModelConfig, TrainConfig  # noqa: E402
 from gpt import GPT  # noqa: E402
 from playground import build_optimizer  # noqa: E402
 from tokenizer import train_tokenizer  # noqa: E402
+from train_step import Contender  # noqa: E402 (bench/train_step.py's training step)
 
 OPTIONS = {  # name -> (ModelConfig changes, TrainConfig changes); the modern bundle is configs/modern.yaml
     "GPT-2 (the default)": ({}, {}),
@@ -40,18 +41,11 @@ OPTIONS = {  # name -> (ModelConfig changes, TrainConfig changes); the modern bu
 }
 
 
-class Contender:
-    def __init__(self, name, model_cfg: ModelConfig, train_cfg: TrainConfig):
-        torch.manual_seed(0)
-        self.name, self.model = name, GPT(model_cfg)
-        self.optimizer = build_optimizer(self.model, train_cfg)
-
-    def step(self, x, y):
-        _, loss = self.model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+def contender(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Contender:
+    """The default model with one option changed, and the optimizer playground.py would give it, in float32."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg)
+    return Contender(name, model, build_optimizer(model, train_cfg), torch.float32)
 
 
 def main():
@@ -67,7 +61,7 @@ def main():
     names = list(OPTIONS)
     if args.only:
         names = [names[0]] + [n for n in names[1:] if n in args.only.split(",")]
-    runs = [Contender(n, ModelConfig(**{**base_model.__dict__, **OPTIONS[n][0]}),
+    runs = [contender(n, ModelConfig(**{**base_model.__dict__, **OPTIONS[n][0]}),
                       TrainConfig(**{**base_train.__dict__, **OPTIONS[n][1]})) for n in names]
     B, T = base_train.batch_size, base_model.block_size
     batches = [data.get_batch(ids, B, T, 0, s) for s in range(args.steps)]

@@ -53,8 +53,8 @@ def test_rope_model_has_no_position_table_and_its_scores_are_shift_invariant():
     assert model.pos_emb is None and model.num_parameters() == tiny().num_parameters() - 16 * 32
     attn = model.blocks[0].attn
     q, k = torch.randn(2, 1, 4, 8, 8, dtype=torch.float64).unbind(0)  # (B, H, T, D) each
-    q0, k0 = attn._position(q, k, start=0)
-    q5, k5 = attn._position(q, k, start=5)
+    q0, k0 = attn._normalize_and_rotate(q, k, start=0)
+    q5, k5 = attn._normalize_and_rotate(q, k, start=5)
     assert torch.allclose(q0 @ k0.transpose(-2, -1), q5 @ k5.transpose(-2, -1), atol=1e-5)
 
 
