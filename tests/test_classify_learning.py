@@ -159,6 +159,39 @@ def test_plays_demo_labels_passages_by_play():
     assert "built-in 'plays' demo" in source
 
 
+def test_shuffle_one_line_reorders_the_words_of_one_long_line_only():
+    passage = "Who's there?\nNay, answer me: stand, and unfold yourself.\nLong live the king!"
+    for seed in range(20):
+        shuffled = cd.shuffle_one_line(passage, random.Random(seed))
+        before, after = passage.split("\n"), shuffled.split("\n")
+        changed = [i for i in range(3) if before[i] != after[i]]
+        assert len(changed) == 1 and changed[0] in (1, 2)  # "Who's there?" has two words: never chosen
+        assert sorted(after[changed[0]].split()) == sorted(before[changed[0]].split())
+    assert cd.shuffle_one_line("Who's there?\nFrancisco:", random.Random(0)) is None
+    assert cd.shuffle_one_line("a b c d", random.Random(0)) != "a b c d"  # never the same order by chance
+
+
+def test_order_demo_has_both_classes_in_every_play_the_same_words_and_whole_plays_held_out():
+    cfg = classify.TrainClassifierConfig(data="order", passages_per_play=10, genres="tragedies")
+    examples, groups, source = cd.demo_examples(cfg, CharTokenizer.train("abc"), 128)
+    assert "built-in 'order' demo" in source
+    for play in set(groups):
+        labels = [e.label for e in examples if e.group == play]
+        assert labels.count("shuffled") == labels.count("original") == 5
+    assert all(len(e.text) <= 128 for e in examples)
+    train, val, _ = cd.load_examples(cfg, CharTokenizer.train("abc"), 128, lambda line: None)
+    assert not {e.group for e in train} & {e.group for e in val}
+    assert {e.label for e in val} == {"original", "shuffled"}
+    assert cd.load_examples(cfg, CharTokenizer.train("abc"), 128, lambda line: None)[1] == val  # seeded
+
+
+def test_group_split_holds_out_whole_groups():
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    train, val = cd.group_split(groups, 0.25, seed=0)
+    assert len(val) == 2 and groups[val[0]] == groups[val[1]] and sorted(train + val) == list(range(8))
+    assert cd.group_split(groups, 0.99, seed=0)[0]  # never every group
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # predict --file
 
