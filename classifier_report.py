@@ -66,7 +66,8 @@ def format_report(confusion: torch.Tensor, classes: list[str]) -> str:
 
 
 def plot_curves(history: list[dict], path: str, baseline: float) -> str | None:
-    """Loss and accuracy per evaluation (rows with step, train_loss, val_loss, val_accuracy) as a PNG, when matplotlib is installed; returns the path written, or None."""
+    """Loss and accuracy per evaluation (rows with step, train_loss, val_loss, val_accuracy) as a PNG, when
+    matplotlib is installed; returns the path written, or None."""
     try:
         import matplotlib
     except ImportError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import contextlib
 import hashlib
 import json
 import os
@@ -101,7 +102,7 @@ class Corpus:
 
     def _jsonl_texts(self):
         field = self.text_field
-        with open(self.files[0], "rb") as f:
+        with _reading(self.files[0]), open(self.files[0], "rb") as f:
             for number, line in enumerate(f, 1):
                 self.bytes_read += len(line)
                 if not line.strip():
@@ -127,7 +128,7 @@ class Corpus:
         """A UTF-8 file's text in blocks, exactly as stored (no newline translation: '\\r' is kept)."""
         decoder = codecs.getincrementaldecoder("utf-8")()
         offset = 0
-        with open(path, "rb") as f:
+        with _reading(path), open(path, "rb") as f:
             while True:
                 block = f.read(BLOCK_BYTES)
                 pending = decoder.getstate()[0]  # the start of a character cut by the previous block
@@ -144,6 +145,16 @@ class Corpus:
                 if not block:
                     return
                 offset += len(block)
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """A read that fails (the file moved away, a disk error) as one line that names the corpus; without it the
+    OSError would reach the token cache's atomic write and be reported as a failure to write the cache."""
+    try:
+        yield
+    except OSError as e:
+        raise TokenizerError(f"cannot read corpus {path}: {e.strerror or e}") from None
 
 
 def open_corpus(path: str, text_field: str = "text", spool_dir: str | None = None) -> Corpus:

@@ -55,6 +55,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_dtype(name: str, device: torch.device):
+    """Refuse a precision this device cannot train in (scripts call it before any work, choose_precision again)."""
+    if name == "float16" and device.type != "cuda":
+        raise UserError("dtype=float16 needs a CUDA GPU (it trains with loss scaling); on this device use "
+                        "bfloat16 or float32")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bfloat16; use --dtype=float16 (with loss scaling) or float32")
+
+
 def choose_precision(name: str, device: torch.device, model_config: ModelConfig | None = None,
                      batch_size: int = 32) -> tuple[torch.dtype, str]:
     """The dtype to train in and a few words saying why (printed in the start summary).
@@ -63,13 +72,8 @@ def choose_precision(name: str, device: torch.device, model_config: ModelConfig 
     `model_config` at batch_size (see the module docstring); without a config it keeps float32.
     """
     if name != "auto":
-        dtype = DTYPES[name]
-        if dtype == torch.float16 and device.type != "cuda":
-            raise UserError("dtype=float16 needs a CUDA GPU (it trains with loss scaling); on this device use "
-                            "bfloat16 or float32")
-        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError("this GPU has no bfloat16; use --dtype=float16 (with loss scaling) or float32")
-        return dtype, "as asked"
+        check_dtype(name, device)
+        return DTYPES[name], "as asked"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "bfloat16 autocast: this GPU supports it"

@@ -37,7 +37,7 @@ import gpt2
 import pictures
 from checkpoint import LanguageModelCheckpoint, load_weights, model_config_from
 from config import ModelConfig, TrainConfig, UserError, load_config, run_main
-from device import autocast, choose_precision, describe, resolve_device
+from device import autocast, check_dtype, choose_precision, describe, resolve_device
 from distributed import Distributed
 from flops import Speedometer, flops_per_token, peak_flops
 from gpt import GPT
@@ -267,7 +267,8 @@ class Run:
             self.saved_step = self.step
 
     def draw_curves(self):
-        """out_dir/curves.png of the eval history (pictures.py), drawn after the checkpoints: a failed write draws none."""
+        """out_dir/curves.png of the eval history (pictures.py), drawn after the checkpoints: a failed write draws
+        none."""
         pictures.training_curves({self.cfg.out_dir: self.history}, os.path.join(self.cfg.out_dir, "curves.png"),
                              [learning_rate(s, self.cfg) for s in range(self.cfg.max_iters)])
 
@@ -285,6 +286,7 @@ def main(argv=None):
     model_cfg, train_cfg, resumed, explicit = settings(argv)
     dist = Distributed.start()
     device = dist.device if dist.enabled else resolve_device(train_cfg.device)
+    check_dtype(train_cfg.dtype, device)  # before the corpus is read and tokenized
     corpus, tokenizer, tokens, model_cfg, pretrained = load_data(model_cfg, train_cfg, resumed, explicit, dist)
     run = Run(model_cfg, train_cfg, tokenizer, tokens, resumed, dist, device, pretrained)
     cfg, out_dir = train_cfg, train_cfg.out_dir

@@ -1,5 +1,6 @@
 """data.py, corpus.py, token_cache.py, prepare.py: the built-in corpus, corpora of any size, the token cache,
 and batches that depend only on (seed, step, micro-step)."""
+import errno
 import json
 import os
 import random
@@ -148,6 +149,21 @@ def test_bad_jsonl_lines_say_which_line_and_what_to_do(tmp_path, bbpe):
 
 def run(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=300, cwd=ROOT, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["c.txt", "c.jsonl"])
+def test_a_corpus_that_cannot_be_read_is_named_as_the_corpus_not_the_cache(tmp_path, monkeypatch, name):
+    path = tmp_path / name
+    path.write_text('{"text": "to be or not to be"}\n' if name.endswith(".jsonl") else "to be or not to be\n")
+    corpus = data.open_corpus(str(path))
+    cache = token_cache.TokenCache(corpus, data.resolve_tokenizer("char", corpus), data.cache_dir())
+
+    def failing_open(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")  # a disk error while the corpus is read
+    monkeypatch.setattr(corpus_module, "open", failing_open, raising=False)  # shadows the builtin in corpus.py
+    with pytest.raises(TokenizerError, match=f"cannot read corpus {path}: Input/output error"):
+        cache.build(quiet=True, workers=1)
+    assert not list(data.cache_dir().glob("*tokens-*"))  # nothing half-written left behind
 
 
 def test_a_corrupt_cache_json_is_rebuilt_and_said(tmp_path, capsys):

@@ -153,6 +153,12 @@ def test_nan_loss_after_resume_keeps_the_checkpoint(capsys, corpus, finished_run
     assert hashes(finished_run) == before
 
 
+def test_float16_on_a_cpu_is_refused_before_the_corpus_is_tokenized(capsys, corpus, tmp_path):
+    err = fails(capsys, playground.main, [corpus, f"--out_dir={tmp_path / 'out'}", *TINY, "--dtype=float16"])
+    assert "float16 needs a CUDA GPU" in err
+    assert not list(Path(os.environ["SCRATCHGPT_CACHE"]).glob("tokens-*"))  # nothing was tokenized
+
+
 def test_an_unusable_out_dir_or_cache_is_found_before_any_work(capsys, corpus, tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
