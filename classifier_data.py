@@ -224,8 +224,9 @@ def word_order_passages(plays, max_chars: int, per_play: int, seed: int) -> list
     """per_play passages of at most max_chars from each play that have a line to shuffle: half as written
     ('original'), half with one line's words shuffled ('shuffled'), in a seeded choice. The group is the play.
 
-    Both classes hold the same words in the same proportions, so a bag of words (or of the character n-grams inside
-    words) is at chance by construction; what tells them apart is order, which is what a language model learns."""
+    Shuffling changes no word, only the order of one line's words: both classes draw their words from the same
+    distribution, so a bag of words (or of the character n-grams inside words) is at chance by construction. What
+    tells them apart is order, which is what a language model learns."""
     rng = random.Random(seed)
     examples = []
     for _, play, lines in plays:
