@@ -273,6 +273,11 @@ class Rotary(nn.Module):
 
     The cos and sin of every angle up to max_len are computed once; they are buffers, not parameters, and are not
     saved in checkpoints (persistent=False): they are a function of the shape alone.
+
+    The rotation of a pair (x1, x2) by angle a is (x1 cos a - x2 sin a, x2 cos a + x1 sin a). forward() computes both
+    halves at once as x * [cos, cos] + [x2, x1] * [-sin, sin]: three passes over x (a product, a swap, a fused
+    multiply-add) instead of the seven of the pair formula; tests/test_modern.py checks it against the paper's
+    complex-number form.
     """
 
     def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
@@ -281,16 +286,17 @@ class Rotary(nn.Module):
             raise ValueError(f"rotary embeddings pair up channels: head size {head_size} must be even")
         theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)  # (D/2,)
         angles = torch.arange(max_len, dtype=torch.float64)[:, None] * theta  # (max_len, D/2), position m * theta_i
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_len, D/2)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)  # (max_len, D/2)
+        cos, sin = angles.cos().float(), angles.sin().float()  # (max_len, D/2) each
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (max_len, D)
+        self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)  # (max_len, D), signed
 
     def forward(self, x, start: int = 0):
         """x: (B, H, T, D), positions start .. start + T - 1 -> the same shape, every channel pair rotated."""
         T = x.size(-2)
-        cos = self.cos[start:start + T].to(x.dtype)  # (T, D/2)
-        sin = self.sin[start:start + T].to(x.dtype)  # (T, D/2)
+        cos = self.cos[start:start + T].to(x.dtype)  # (T, D): cos(m theta_i) in both halves
+        sin = self.sin[start:start + T].to(x.dtype)  # (T, D): -sin(m theta_i) in the first half, +sin in the second
         x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, H, T, D/2): the two coordinates of every pair
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, D), each pair turned
+        return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)  # (B, H, T, D), each pair turned
 
 
 def rms_normalize(x, eps: float = 1e-6):
