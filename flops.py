@@ -16,8 +16,9 @@ FLOPs per token, forward and backward (PaLM appendix B):
                              per token over a context of T, times 3 with the backward (PaLM's 12LHQT, H x Q = C).
 
 The peak: a datasheet figure for common GPUs (dense, without 2:4 sparsity), in the precision the run computes in;
-on a CPU it is measured: one square matmul, timed (best of a few) in that precision, cached like device.py's precision
-probe. `--peak_flops` overrides both. Under torchrun the peak is per device, so MFU divides by the process count.
+on a CPU it is measured: one square matmul, timed in that precision at the start of every run, the fastest figure of
+any run kept in the cache (device.best_measurement: a busy machine can only understate a peak, so a probe taken while
+other jobs ran is replaced by the next quieter one). `--peak_flops` overrides both. Under torchrun the peak is per device, so MFU divides by the process count.
 Read next: atomic.py.
 """
 import re
@@ -25,7 +26,7 @@ import time
 
 import torch
 
-from device import cpu_name, cached_measurement
+from device import best_measurement, cpu_name
 
 PROBE_SIZE = 1024  # the probe's square matmul: (n x n) @ (n x n) = 2 n^3 FLOPs, ~2 GFLOPs, tens of ms on a laptop core
 
@@ -95,8 +96,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None 
         return peak, (f"{name} datasheet, dense" if peak else f"{name} is not in flops.GPU_PEAKS; give --peak_flops")
     if device.type == "cpu":
         key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {dtype} | n={PROBE_SIZE}"
-        peak = cached_measurement("peak_flops.json", key, lambda: time_matmul(dtype))
-        return peak, f"a {PROBE_SIZE}x{PROBE_SIZE} matmul measured on this CPU (once, cached)"
+        peak = best_measurement("peak_flops.json", key, lambda: time_matmul(dtype, repeats=1))
+        return peak, f"a {PROBE_SIZE}x{PROBE_SIZE} matmul on this CPU (the fastest of every run's probe)"
     return None, f"no peak known for {device.type}; give --peak_flops"
 
 
