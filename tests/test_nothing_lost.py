@@ -191,6 +191,7 @@ def save(obj, f, *args, **kwargs):  # torch.save receives Ctrl-C halfway through
     f.truncate()
     real_save(obj, f, *args, **kwargs)
 torch.save = save
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; a job started with & inherits it ignored
 run_main(lambda: playground.main(sys.argv[1:]), user_errors=(TokenizerError,))
 """
 
