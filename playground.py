@@ -57,7 +57,8 @@ RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "chec
 
 def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | None, set]:
     """The run's settings from the command line, or from the checkpoint with --resume; every refusal that needs no
-    data happens here, before the processes of a torchrun job meet."""
+    data and no device happens here, before the processes of a torchrun job meet (main then checks the precision and
+    the memory against the device)."""
     (model_cfg, train_cfg), explicit = load_config(sys.argv[1:] if argv is None else argv,
                                                    (ModelConfig, TrainConfig), __doc__.splitlines()[0],
                                                    positional="corpus")
@@ -70,7 +71,6 @@ def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | 
     else:
         train_cfg = resolve_schedule(train_cfg)
     check_corpus_exists(train_cfg.corpus)
-    check_memory(model_cfg, train_cfg, model_cfg.vocab_size or 1)
     return model_cfg, train_cfg, resumed, explicit
 
 
@@ -93,7 +93,7 @@ def merge_resumed_config(saved: LanguageModelCheckpoint, flags: TrainConfig, exp
     return model_cfg, dataclasses.replace(train_cfg, **changes)
 
 
-def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, resumed, explicit: set, dist: Distributed):
+def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, resumed, explicit: set, dist: Distributed, device):
     """The corpus, its tokenizer and token ids (rank 0 prepares the caches, the others then read them), the model's
     settings with the tokenizer's vocab_size filled in, and GPT-2's model with --init_from (else None)."""
     corpus = data.open_corpus(train_cfg.corpus, train_cfg.text_field)  # a pipe is read once, into a temporary file
@@ -118,7 +118,7 @@ def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, resumed, explicit:
         raise UserError(f"the training text of {corpus} is {distinct} token repeated ({len(tokens.train):,} times); "
                         f"there is nothing to learn. Give a corpus with at least two different "
                         f"{'characters' if tokenizer.kind == 'char' else 'tokens'}")
-    check_memory(model_cfg, train_cfg, tokenizer.vocab_size)
+    check_memory(model_cfg, train_cfg, tokenizer.vocab_size, device)
     return corpus, tokenizer, tokens, model_cfg, pretrained
 
 
@@ -287,7 +287,8 @@ def main(argv=None):
     dist = Distributed.start()
     device = dist.device if dist.enabled else resolve_device(train_cfg.device)
     check_dtype(train_cfg.dtype, device)  # before the corpus is read and tokenized
-    corpus, tokenizer, tokens, model_cfg, pretrained = load_data(model_cfg, train_cfg, resumed, explicit, dist)
+    check_memory(model_cfg, train_cfg, model_cfg.vocab_size or 1, device)  # the GPU's memory on a GPU, not the host's
+    corpus, tokenizer, tokens, model_cfg, pretrained = load_data(model_cfg, train_cfg, resumed, explicit, dist, device)
     run = Run(model_cfg, train_cfg, tokenizer, tokens, resumed, dist, device, pretrained)
     cfg, out_dir = train_cfg, train_cfg.out_dir
     if dist.is_main:

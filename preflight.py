@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 import data
 from config import ModelConfig, TrainConfig, UserError
 from tokenizer import TokenizerError
@@ -46,17 +48,18 @@ def check_corpus_exists(path: str | None):
         raise TokenizerError(f"corpus file not found: {path}")
 
 
-def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int):
+def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int, device=None):
     """Refuse a model, batch or sample this machine cannot hold, before any work, with a lower bound of its needs:
     16 bytes per parameter (float32 weights, gradients and AdamW's two moments) plus float32 activations kept for the
     backward pass (per block at least ten (B, T, C) tensors, and the (B, T, V) logits and their gradient; with
-    activation checkpointing, one per block plus the ten of the block being recomputed)."""
+    activation checkpointing, one per block plus the ten of the block being recomputed). Training is measured against
+    the memory of `device` (a GPU's own when it is one), the end-of-run sample against the host's."""
     B, T, C, L = train_cfg.batch_size, model_cfg.block_size, model_cfg.embedding_dim, model_cfg.num_of_layers
     params = vocab_size * C + T * C + L * 12 * C * C  # embeddings; per block qkv 3C^2, proj C^2, MLP 8C^2
     kept = L + 10 if train_cfg.activation_checkpointing else 10 * L  # (B, T, C) tensors alive at once
     activations = 4 * B * T * (kept * C + 2 * vocab_size)
     check_fits(16 * params + activations, f"training {params:,} parameters on batches of {B} x {T} tokens",
-               "use a smaller --embedding_dim, --num_of_layers, --block_size or --batch_size")
+               "use a smaller --embedding_dim, --num_of_layers, --block_size or --batch_size", device)
     check_fits(SAMPLE_BYTES_PER_TOKEN * train_cfg.sample_tokens, f"--sample_tokens={train_cfg.sample_tokens}",
                "ask for fewer, e.g. --sample_tokens=300 (generate.py --stream prints a long sample as it goes)")
 
@@ -79,9 +82,11 @@ def check_writable_dir(folder, setting: str = "--out_dir", fix: str = "choose an
         raise UserError(f"cannot write to {setting} {folder}: {e.strerror or e}; {fix}") from None
 
 
-def available_memory() -> int | None:
-    """Bytes this process could still get: MemAvailable + SwapFree (Linux), under a cgroup v2 limit if one is set;
-    the physical memory elsewhere; None when nothing says."""
+def available_memory(device=None) -> int | None:
+    """Bytes this process could still get: on a CUDA device, the GPU's free memory; on the host, MemAvailable +
+    SwapFree (Linux), under a cgroup v2 limit if one is set, the physical memory elsewhere; None when nothing says."""
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]  # (free, total) as the driver sees them, other processes included
     found = []
     try:
         meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
@@ -96,11 +101,13 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def check_fits(needed_bytes: float, what: str, fix: str):
-    """A one-line error, before any work, when `what` needs more memory than the machine has left.
+def check_fits(needed_bytes: float, what: str, fix: str, device=None):
+    """A one-line error, before any work, when `what` needs more memory than the machine (or the GPU `device`) has left.
 
     `needed_bytes` should be a lower bound (an estimate that errs low): a run that could fit is never refused."""
-    available = available_memory()
+    available = available_memory(device)
     if available is not None and needed_bytes > available:
-        raise UserError(f"{what} needs at least {needed_bytes / 2**30:,.1f} GiB of memory, but this machine has "
+        where = f"the GPU {device} has" if device is not None and torch.device(device).type == "cuda" else \
+            "this machine has"
+        raise UserError(f"{what} needs at least {needed_bytes / 2**30:,.1f} GiB of memory, but {where} "
                         f"{available / 2**30:,.1f} GiB available; {fix}")

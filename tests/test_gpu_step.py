@@ -8,7 +8,7 @@ import torch
 import data
 import playground
 import preflight
-from config import ModelConfig, TrainConfig
+from config import ModelConfig, TrainConfig, UserError
 from gpt import GPT
 from tiny import TINY
 from training import OptimizerStep
@@ -105,7 +105,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(dropout):
 
 def test_activation_checkpointing_lowers_what_the_memory_preflight_asks_for(monkeypatch):
     asked = []
-    monkeypatch.setattr(preflight, "check_fits", lambda need, what, fix: asked.append(need))
+    monkeypatch.setattr(preflight, "check_fits", lambda need, what, fix, device=None: asked.append(need))
     model_cfg = ModelConfig(vocab_size=100, num_of_layers=12)
     preflight.check_memory(model_cfg, TrainConfig(), 100)
     preflight.check_memory(model_cfg, TrainConfig(activation_checkpointing=True), 100)
@@ -125,3 +125,20 @@ def test_compiled_hand_written_attention_is_one_graph_with_the_eager_loss_and_gr
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_memory_preflight_of_a_gpu_run_asks_the_gpu_not_the_host(monkeypatch):
+    """A GPU run's weights and activations live on the GPU: its free memory decides, whatever the host has."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))  # 2 GiB free
+    monkeypatch.setattr(preflight.Path, "read_text", lambda self: "MemAvailable: 1 kB\n")  # a host with nothing left
+    gpu = torch.device("cuda", 0)
+    small = ModelConfig(vocab_size=100)
+    preflight.check_fits(1e9, "one GB", "", gpu)  # fits in the GPU's 2 GiB, though the host has 1 kB
+    with pytest.raises(UserError, match=r"needs at least 3\.7 GiB of memory, but the GPU cuda:0 has 2\.0 GiB"):
+        preflight.check_fits(4e9, "four GB", "", gpu)
+    with pytest.raises(UserError, match="this machine has 0.0 GiB"):
+        preflight.check_fits(1e9, "one GB", "", torch.device("cpu"))
+    asked = []
+    monkeypatch.setattr(preflight, "check_fits", lambda need, what, fix, device=None: asked.append(device))
+    preflight.check_memory(small, TrainConfig(), 100, gpu)
+    assert asked == [gpu, None]  # training on the GPU, the end-of-run sample on the host
