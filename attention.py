@@ -23,14 +23,13 @@ Read next: flash_attention.py, the same attention in O(T) memory (FlashAttention
 into a GPT.
 """
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from flash_attention import flash_attention  # noqa: F401 (attention.flash_attention: backend="flash")
+from flash_attention import flash_attention, mask_cache  # flash_attention: backend="flash" (attention.flash_attention)
 
 # Causal attention is computed BLOCK_ROWS queries at a time: a block needs the keys up to its last query only, so most
 # of the masked upper triangle is never computed (with 4 blocks, 3/8 of all scores are skipped) and each block's
@@ -39,7 +38,7 @@ from flash_attention import flash_attention  # noqa: F401 (attention.flash_atten
 BLOCK_ROWS = 64
 
 
-@lru_cache(maxsize=32)
+@mask_cache(maxsize=32)
 def causal_mask(L: int, S: int, device: torch.device, offset: int = 0) -> torch.Tensor:
     """Boolean (L, S) mask, True where query i may attend to key j, that is j <= i + offset.
 
@@ -140,7 +139,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     return _Attention.apply(q, k, v, bias, empty_rows, is_causal, scale)
 
 
-@lru_cache(maxsize=32)
+@mask_cache(maxsize=32)
 def _causal_bias(L: int, S: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """causal_mask(L, S) as a float (L, S) bias: 0 where query i may attend to key j, -inf where it may not."""
     with torch.inference_mode(False):  # as in causal_mask: never cache an inference tensor

@@ -28,8 +28,8 @@ Dv value size; bq and bk are the lengths of one block of queries and one block o
 tests/test_flash_attention.py proves this equal to torch's scaled_dot_product_attention, values and gradients.
 Read next: gpt.py (attention.py's MultiHeadAttention calls this with attention_backend="flash").
 """
+import functools
 import math
-from functools import lru_cache
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -81,7 +81,21 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, block_
     return out.view(*batch, L, Dv).to(dtype)  # (..., L, Dv)
 
 
-@lru_cache(maxsize=64)
+def mask_cache(maxsize: int):
+    """functools.lru_cache for the functions that build masks, except while torch.compile traces the model: the
+    compiler cannot keep a Python cache (it would trace through it, with a warning), and keeps the mask in its graph
+    instead. Eager calls with the same arguments return the same tensor."""
+    def decorate(make):
+        cached = functools.lru_cache(maxsize=maxsize)(make)
+
+        @functools.wraps(make)
+        def mask(*args):
+            return make(*args) if torch.compiler.is_compiling() else cached(*args)
+        return mask
+    return decorate
+
+
+@mask_cache(maxsize=64)
 def _causal_block_bias(rows: int, cols: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """0 where the block's query i may see its key j, -inf where not: key j0 + j is after query a + i, offset = a - j0.
 

@@ -223,6 +223,14 @@ def test_causal_mask_example():
     assert causal_mask(2, 3, torch.device("cpu"), 1).tolist() == [[True, True, False], [True, True, True]]
 
 
+def test_masks_are_cached_in_eager_mode_and_built_afresh_while_torch_compile_traces(monkeypatch):
+    cpu = torch.device("cpu")
+    assert causal_mask(5, 7, cpu) is causal_mask(5, 7, cpu)  # eager: one tensor per shape
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as dynamo answers while it traces
+    traced = causal_mask(5, 7, cpu)
+    assert traced is not causal_mask(5, 7, cpu) and torch.equal(traced, causal_mask.__wrapped__(5, 7, cpu))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # MultiHeadAttention
 
