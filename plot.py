@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    from checkpoint import load_checkpoint
+    from checkpoint import LanguageModelCheckpoint
 
     parser = _Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("runs", nargs="*", metavar="OUT_DIR", help="training runs (their out_dir) to overlay")
@@ -37,12 +37,12 @@ def main(argv=None):
             raise UserError("give either --embeddings CHECKPOINT PNG or training runs, not both")
         source, target = args.embeddings
         pictures.check_output(target)
-        state = load_checkpoint(source, required=("model", "tokenizer"))
+        checkpoint = LanguageModelCheckpoint.load(source)
         from tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.from_json(state["tokenizer"], source="the checkpoint's tokenizer")
+        tokenizer = Tokenizer.from_json(checkpoint.tokenizer, source="the checkpoint's tokenizer")
         tokens = [tokenizer.token_str(i) for i in range(tokenizer.vocab_size)]
-        pictures.embeddings(state["model"]["tok_emb.weight"], tokens, target)
+        pictures.embeddings(checkpoint.model["tok_emb.weight"], tokens, target)
         print(f"wrote {target}")
         return
     if not args.runs:
@@ -50,12 +50,12 @@ def main(argv=None):
     pictures.check_output(args.out)
     histories, configs = {}, {}
     for run in args.runs:
-        state = load_checkpoint(Path(run) / "model_checkpoint.tar" if Path(run).is_dir() else run,
-                                required=("model_config",))
-        if not state.get("history"):
+        checkpoint = LanguageModelCheckpoint.load(Path(run) / "model_checkpoint.tar" if Path(run).is_dir() else run)
+        if not checkpoint.history:
             raise UserError(f"{run} has no evaluation history (a checkpoint written before plot.py existed, or "
                             f"before its first evaluation); resume it to start one")
-        histories[run], configs[run] = state["history"], {**state["model_config"], **state.get("train_config", {})}
+        histories[run] = checkpoint.history
+        configs[run] = {**checkpoint.model_config, **(checkpoint.train_config or {})}
     labels = pictures.run_labels(configs)
     if len(set(labels.values())) < len(labels):  # identical settings: tell them apart by folder
         labels = {run: f"{run} ({label})" for run, label in labels.items()}

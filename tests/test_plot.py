@@ -226,11 +226,13 @@ def test_drawing_curves_changes_nothing_in_training(tmp_path, monkeypatch):
 
 
 def write_run(path, history, **settings):
-    checkpoint.save_checkpoint(path / "model_checkpoint.tar", {
-        "model_config": {"embedding_dim": 32, **{k: v for k, v in settings.items() if k == "embedding_dim"}},
-        "train_config": {"learning_rate": 1e-3, "out_dir": str(path), **{k: v for k, v in settings.items()
-                                                                         if k != "embedding_dim"}},
-        "history": history})
+    """A run's checkpoint as plot.py reads it: the settings and the history (no weights, no tokenizer: not read)."""
+    checkpoint.LanguageModelCheckpoint(
+        model={}, tokenizer="",
+        model_config={"embedding_dim": 32, **{k: v for k, v in settings.items() if k == "embedding_dim"}},
+        train_config={"learning_rate": 1e-3, "out_dir": str(path), **{k: v for k, v in settings.items()
+                                                                      if k != "embedding_dim"}},
+        history=history).save(path / "model_checkpoint.tar")
 
 
 def fake_history(scale=1.0, factor=1.44):
