@@ -39,6 +39,11 @@ OPTIONS = {  # name -> (ModelConfig changes, TrainConfig changes); the modern bu
     "configs/modern.yaml": ({"position": "rope", "norm": "rms", "qk_norm": True, "activation": "relu2", "bias": False,
                              "tie_embeddings": False, "zero_init": True}, {"optimizer": "muon"}),
 }
+# A tokenizer changes the step by the size of the embedding and the output layer only: these contenders get its
+# vocabulary size and the same (character) batches, whose ids all fit in it.
+OPTIONS["--tokenizer=bbpe:1024"] = ({"vocab_size": 1024}, {})
+OPTIONS["configs/modern.yaml --tokenizer=bbpe:1024"] = ({**OPTIONS["configs/modern.yaml"][0], "vocab_size": 1024},
+                                                         OPTIONS["configs/modern.yaml"][1])
 
 
 def contender(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Contender:
@@ -79,7 +84,7 @@ def main():
             best[c.name] = min(best[c.name], (time.perf_counter() - started) / args.steps)
     reference = best[names[0]]
     for name in names:
-        print(f"{name:<24} {B * T / best[name]:>9,.0f} tokens/s   {reference / best[name]:.2f}x GPT-2")
+        print(f"{name:<44} {B * T / best[name]:>9,.0f} tokens/s   {reference / best[name]:.2f}x GPT-2")
 
 
 if __name__ == "__main__":
