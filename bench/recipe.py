@@ -65,7 +65,7 @@ def main():
     base_model, base_train = ModelConfig(vocab_size=tokenizer.vocab_size), TrainConfig()
     names = list(OPTIONS)
     if args.only:
-        names = [names[0]] + [n for n in names[1:] if n in args.only.split(",")]
+        names = [names[0]] + [n for n in names[1:] if n in {m.strip() for m in args.only.split(",")}]
     runs = [contender(n, ModelConfig(**{**base_model.__dict__, **OPTIONS[n][0]}),
                       TrainConfig(**{**base_train.__dict__, **OPTIONS[n][1]})) for n in names]
     B, T = base_train.batch_size, base_model.block_size

@@ -56,4 +56,4 @@ def test_gpt2_yaml_is_the_default_and_modern_yaml_changes_each_option():
     model_cfg, train_cfg = recipe("modern.yaml")
     changed = {name for name, value in model_cfg.__dict__.items() if value != getattr(defaults[0], name)}
     assert changed == {"position", "norm", "qk_norm", "activation", "bias", "tie_embeddings", "zero_init"}
-    assert (train_cfg.optimizer, train_cfg.schedule) == ("muon", "wsd")
+    assert (train_cfg.optimizer, train_cfg.schedule, train_cfg.tokenizer) == ("muon", "wsd", "bbpe:1024")
