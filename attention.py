@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from flash_attention import flash_attention, mask_cache  # flash_attention: backend="flash" (attention.flash_attention)
+from flash_attention import flash_attention, mask_cache  # backend="flash"; the masks' cache
 
 # Causal attention is computed BLOCK_ROWS queries at a time: a block needs the keys up to its last query only, so most
 # of the masked upper triangle is never computed (with 4 blocks, 3/8 of all scores are skipped) and each block's
