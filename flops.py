@@ -18,7 +18,8 @@ FLOPs per token, forward and backward (PaLM appendix B):
 The peak: a datasheet figure for common GPUs (dense, without 2:4 sparsity), in the precision the run computes in;
 on a CPU it is measured: one square matmul, timed in that precision at the start of every run, the fastest figure of
 any run kept in the cache (device.best_measurement: a busy machine can only understate a peak, so a probe taken while
-other jobs ran is replaced by the next quieter one). `--peak_flops` overrides both. Under torchrun the peak is per device, so MFU divides by the process count.
+other jobs ran is replaced by the next quieter one). `--peak_flops` overrides both. Under torchrun the peak is per
+device, so MFU divides by the process count.
 Read next: atomic.py.
 """
 import re

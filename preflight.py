@@ -82,10 +82,14 @@ def check_writable_dir(folder, setting: str = "--out_dir", fix: str = "choose an
         raise UserError(f"cannot write to {setting} {folder}: {e.strerror or e}; {fix}") from None
 
 
+def _is_gpu(device) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
 def available_memory(device=None) -> int | None:
     """Bytes this process could still get: on a CUDA device, the GPU's free memory; on the host, MemAvailable +
     SwapFree (Linux), under a cgroup v2 limit if one is set, the physical memory elsewhere; None when nothing says."""
-    if device is not None and torch.device(device).type == "cuda":
+    if _is_gpu(device):
         return torch.cuda.mem_get_info(device)[0]  # (free, total) as the driver sees them, other processes included
     found = []
     try:
@@ -107,7 +111,6 @@ def check_fits(needed_bytes: float, what: str, fix: str, device=None):
     `needed_bytes` should be a lower bound (an estimate that errs low): a run that could fit is never refused."""
     available = available_memory(device)
     if available is not None and needed_bytes > available:
-        where = f"the GPU {device} has" if device is not None and torch.device(device).type == "cuda" else \
-            "this machine has"
+        where = f"the GPU {device} has" if _is_gpu(device) else "this machine has"
         raise UserError(f"{what} needs at least {needed_bytes / 2**30:,.1f} GiB of memory, but {where} "
                         f"{available / 2**30:,.1f} GiB available; {fix}")

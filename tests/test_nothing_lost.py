@@ -201,7 +201,8 @@ def test_ctrl_c_inside_torch_save_is_interrupted_exit_130_and_the_checkpoint_loa
     # inherits SIGINT ignored, and a process that ignores Ctrl-C rightly is not interrupted by it.
     result = subprocess.run([sys.executable, "-c", INTERRUPT_INSIDE_TORCH_SAVE, corpus, f"--out_dir={finished_run}",
                              "--resume", "--max_iters=12", "--checkpoint_interval=1"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT})
     assert result.returncode == 130 and result.stderr.strip() == "interrupted", result.stderr[-2000:]
     assert set(hashes(finished_run)) == {"model_checkpoint.tar", "best_checkpoint.tar", "curves.png"}  # no temp file
     assert checkpoint.load_checkpoint(finished_run / "model_checkpoint.tar")["step"] == 11  # the write completed
