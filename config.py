@@ -111,6 +111,9 @@ class TrainConfig:
     batch_size: int = arg(32, "sequences per micro-batch")
     gradient_accumulation_steps: int = arg(1, "micro-batches summed into one optimizer step (1 = off)")
     max_iters: int = arg(3000, "optimizer steps to train for")
+    max_minutes: float | None = arg(None, "train for about this many minutes instead: a few steps and an evaluation "
+                                          "are timed first and max_iters is set to what fits, evaluations included, "
+                                          "so warmup and decay fit the time (an explicit --max_iters wins)")
     learning_rate: float = arg(4e-3, "peak learning rate, reached at the end of warmup")
     min_lr: float | None = arg(None, "floor of the decay; learning_rate / 10 when not given")
     warmup_iters: int | None = arg(None, "linear warmup steps; when not given, 5%% of max_iters capped at 2000")
@@ -155,7 +158,7 @@ class TrainConfig:
         check_numbers(self)
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
                         "muon_learning_rate", "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters",
-                        "log_interval", "peak_flops")
+                        "log_interval", "peak_flops", "max_minutes")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise UserError(f"decay_fraction={self.decay_fraction} must be in [0, 1], e.g. --decay_fraction=0.2")
         if not 0.0 < self.val_fraction < 1.0:

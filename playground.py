@@ -23,10 +23,13 @@ Read next: distributed.py, the same loop on several processes; then generate.py,
 checkpoints written here.
 """
 import contextlib
+import copy
 import dataclasses
+import io
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -46,8 +49,9 @@ from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_
 from sampling import sample_text
 from tokenizer import Tokenizer, TokenizerError
 from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rate, log_training, make_progress_bar,
-                      maybe_compile, resolve_schedule)
+                      maybe_compile, resolve_schedule, steps_in_time)
 
+TIMED_STEPS = 5  # --max_minutes: training steps (and evaluation forward passes) timed to size the run
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
@@ -69,7 +73,10 @@ def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | 
                                                required=LanguageModelCheckpoint.RESUME)
         model_cfg, train_cfg = merge_resumed_config(resumed, train_cfg, explicit, model_cfg)
     else:
-        train_cfg = resolve_schedule(train_cfg)
+        if "max_iters" in explicit:
+            train_cfg = dataclasses.replace(train_cfg, max_minutes=None)  # a step count given wins over a time
+        if train_cfg.max_minutes is None:  # else main fills the schedule once the steps are timed (Run.fit_to_time)
+            train_cfg = resolve_schedule(train_cfg)
     check_corpus_exists(train_cfg.corpus)
     return model_cfg, train_cfg, resumed, explicit
 
@@ -138,6 +145,17 @@ def estimate_loss(model, tokens: data.TokenData, cfg: TrainConfig, block_size: i
     return losses
 
 
+def median_seconds(work, times: int = TIMED_STEPS) -> float:
+    """The median time of work(0), ..., work(times - 1), each returning a tensor (read, so the device has finished):
+    a median, so that one call slowed by another job on the machine does not count."""
+    seconds = []
+    for i in range(times):
+        started = time.perf_counter()
+        work(i).item()
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds)[times // 2]
+
+
 def count_distinct(ids: np.ndarray) -> int:
     """How many different token ids occur: [3, 3, 7, 3] -> 2."""
     return int(np.count_nonzero(np.bincount(ids)))
@@ -180,6 +198,7 @@ class Run:
         self.optimizer = build_optimizer(self.raw_model, train_cfg)
         self.stepper = OptimizerStep(self.raw_model, self.optimizer, train_cfg.grad_clip, self.dtype, self.device)
         self.step, self.best_val = 0, float("inf")
+        self.timing = None  # what fit_to_time measured, for the summary
         self.history = list(resumed.history or []) if resumed else []  # every evaluation: the curves
         self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
         if resumed:
@@ -206,6 +225,52 @@ class Run:
         if self.step >= self.cfg.max_iters:
             raise UserError(f"the checkpoint is at step {self.step}, already max_iters={self.cfg.max_iters}; "
                             f"pass a larger --max_iters to train on")
+
+    def fit_to_time(self, minutes: float) -> TrainConfig:
+        """--max_minutes: time a few training steps and an evaluation, set max_iters to the steps that fit in
+        `minutes` with their evaluations (training.steps_in_time), and fill the schedule from it, so warmup and decay
+        fit the time. The timed steps are then undone (weights, optimizer state, random state, data position): the
+        run is exactly the one --max_iters=N trains, and resumes like it."""
+        weights = {name: t.clone() for name, t in self.raw_model.state_dict().items()}
+        optimizer, rng = copy.deepcopy(self.optimizer.state_dict()), torch.get_rng_state()
+        per_step, per_eval = self.time_step_and_evaluation()
+        self.raw_model.load_state_dict(weights)  # copies into the same parameters: the optimizer still holds them
+        self.optimizer.load_state_dict(optimizer)
+        torch.set_rng_state(rng)
+        self.stepper = OptimizerStep(self.raw_model, self.optimizer, self.cfg.grad_clip, self.dtype, self.device)
+        self.step = 0
+        self.batches = data.training_batches(self.tokens.train, self.cfg.batch_size, self.model_cfg.block_size,
+                                             self.cfg.seed, 0, self.micro_steps, self.device)
+        self.next_batch = next(self.batches)
+
+        steps = steps_in_time(60 * minutes, per_step, per_eval, self.cfg.eval_interval)
+        self.cfg = resolve_schedule(dataclasses.replace(self.cfg, max_iters=steps))
+        self.timing = (f"{minutes:g} minutes = {steps:,} steps here ({per_step:.3g} s a step, {per_eval:.3g} s an "
+                       f"evaluation, timed)")
+        return self.cfg
+
+    def time_step_and_evaluation(self) -> tuple[float, float]:
+        """Seconds per training step (at lr 0) and per evaluation: its 2 x eval_iters forward passes, then a
+        checkpoint's write and the curves' drawing. The same figures on every process."""
+        self.train_step(0.0).item()  # the first step allocates (and compiles with --compile): not timed
+        per_step = median_seconds(lambda i: self.train_step(0.0))
+
+        def val_loss(i: int) -> torch.Tensor:  # one of estimate_loss's forward passes
+            x, y = data.get_batch(self.tokens.val, self.cfg.batch_size, self.model_cfg.block_size, self.cfg.seed, i,
+                                  EVAL_STREAM)
+            return self.compiled(x.to(self.device), y.to(self.device))[1]
+
+        with torch.no_grad(), self.ctx:
+            self.compiled.eval()
+            per_eval = 2 * self.cfg.eval_iters * median_seconds(val_loss)
+            self.compiled.train()
+        started = time.perf_counter()
+        torch.save({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict()}, io.BytesIO())
+        with tempfile.TemporaryDirectory() as scratch:
+            record = {"step": 1, "tokens": 1, "train": 1.0, "val": 1.0, "bpc": 1.0, "lr": self.cfg.learning_rate}
+            pictures.training_curves({"timing": [record]}, os.path.join(scratch, "curves.png"), [record["lr"]] * 2)
+        per_eval += time.perf_counter() - started
+        return tuple(self.dist.mean(torch.tensor([per_step, per_eval])).tolist())
 
     def train_step(self, lr: float) -> torch.Tensor:
         """One optimizer step at learning rate `lr` over this process's micro-batches; returns the mean loss, a tensor
@@ -290,6 +355,8 @@ def main(argv=None):
     check_memory(model_cfg, train_cfg, model_cfg.vocab_size or 1, device)  # the GPU's memory on a GPU, not the host's
     corpus, tokenizer, tokens, model_cfg, pretrained = load_data(model_cfg, train_cfg, resumed, explicit, dist, device)
     run = Run(model_cfg, train_cfg, tokenizer, tokens, resumed, dist, device, pretrained)
+    if train_cfg.max_minutes and not resumed:
+        train_cfg = run.fit_to_time(train_cfg.max_minutes)
     cfg, out_dir = train_cfg, train_cfg.out_dir
     if dist.is_main:
         print_summary(run, corpus.path, run.precision if cfg.dtype == "auto" else describe(run.dtype))
@@ -355,6 +422,8 @@ def print_summary(run: Run, corpus: str, precision: str):
           f"{cfg.max_iters}, lr {cfg.learning_rate:g}{muon} (warmup {cfg.warmup_iters}, {cfg.schedule} to "
           f"{cfg.min_lr:g} at {cfg.lr_decay_iters or cfg.max_iters}), device {run.device}")
     print(f"precision: {precision}")
+    if run.timing:
+        print(f"time: {run.timing}")
     peak = f"{run.peak_flops / 1e12:.3g} TFLOP/s" if run.peak_flops else "unknown"
     print(f"speed: 6N + 12LTC = {flops_per_token(model) / 1e6:,.1f} MFLOPs per token (PaLM appendix B); peak per "
           f"device {peak} ({run.peak_source}), for MFU" +

@@ -76,6 +76,22 @@ def resolve_schedule(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, warmup_iters=warmup, min_lr=min_lr)
 
 
+def steps_in_time(seconds: float, per_step: float, per_eval: float, eval_interval: int) -> int:
+    """How many steps fit in `seconds` (--max_minutes) when each takes per_step seconds and an evaluation, per_eval,
+    runs every eval_interval steps and once at the end: the most steps n (at least 1) whose time,
+    n * per_step + ceil(n / eval_interval) * per_eval, is within `seconds`.
+    steps_in_time(60, 0.5, 5, 50) = 100: 100 steps take 50 s, their evaluations at steps 50 and 100 take 10 s."""
+    def time_of(n: int) -> float:
+        return n * per_step + -(-n // eval_interval) * per_eval
+
+    n = max(1, int(seconds / (per_step + per_eval / eval_interval)))  # about right; then exact
+    while n > 1 and time_of(n) > seconds:
+        n -= 1
+    while time_of(n + 1) <= seconds:
+        n += 1
+    return n
+
+
 def lr_factor(step: int, total: int) -> float:
     """Linear warmup over the first FINE_TUNING_WARMUP of the steps, then linear decay to 0 (GPT-1 section 4.1).
     Multiplies each parameter group's peak learning rate: lr_factor(0, 100) = 0.1, (10, 100) = 1.0, (100, 100) = 0."""

@@ -86,6 +86,13 @@ def test_schedule_defaults_scale_with_run_length():
     assert training.learning_rate(150, extended) == extended.min_lr
 
 
+def test_steps_in_time_counts_every_evaluation():
+    assert training.steps_in_time(60, 0.5, 5, eval_interval=50) == 100  # 50 s of steps, evaluations at 50 and 100
+    assert training.steps_in_time(59.9, 0.5, 5, eval_interval=50) == 99  # the evaluation at 100 no longer fits
+    assert training.steps_in_time(60, 0.5, 0, eval_interval=50) == 120
+    assert training.steps_in_time(1, 5, 5, eval_interval=10) == 1  # never fewer than one step
+
+
 # --- an end-to-end run
 
 
@@ -122,6 +129,26 @@ def test_resume_is_exact(corpus, tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["best_val_loss"] == b["best_val_loss"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_time_budget_trains_exactly_the_run_of_the_steps_it_measured(corpus, tmp_path, capsys, optimizer):
+    flags = ["--dropout=0.1", "--eval_interval=10", f"--optimizer={optimizer}"]  # dropout: the random state too
+    train(corpus, tmp_path / "timed", "--max_minutes=0.02", *flags)
+    assert "time: 0.02 minutes = " in capsys.readouterr().out
+    timed = checkpoint.load_checkpoint(tmp_path / "timed" / "model_checkpoint.tar")
+    steps = timed["train_config"]["max_iters"]
+    assert timed["step"] == steps and timed["train_config"]["warmup_iters"] == steps // 20
+    train(corpus, tmp_path / "fixed", f"--max_iters={steps}", *flags)  # the timed steps left no trace
+    fixed = checkpoint.load_checkpoint(tmp_path / "fixed" / "model_checkpoint.tar")
+    for name, tensor in fixed["model"].items():
+        assert torch.equal(tensor, timed["model"][name]), name
+
+
+def test_a_step_count_given_wins_over_a_time_budget(corpus, tmp_path, capsys):
+    train(corpus, tmp_path / "out", "--max_minutes=60", "--max_iters=3")
+    assert "time:" not in capsys.readouterr().out
+    assert checkpoint.load_checkpoint(tmp_path / "out" / "model_checkpoint.tar")["step"] == 3
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
