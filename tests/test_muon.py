@@ -9,11 +9,17 @@ import checkpoint
 import playground
 from config import ModelConfig, UserError
 from gpt import GPT
-from muon import Muon, MuonWithAdamW, hidden_matrices, orthogonalize
+from muon import Muon, MuonWithAdamW, hidden_matrices, orthogonalize, orthogonalize_reference
 from tiny import TINY
 from training import OptimizerStep
 
 CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("shape", [(128, 512), (512, 128), (384, 128), (64, 64)])
+def test_orthogonalize_with_addmm_equals_the_formula(shape):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(1))  # (R, K)
+    torch.testing.assert_close(orthogonalize(G), orthogonalize_reference(G), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(64, 128), (128, 64), (384, 128), (128, 512)])
