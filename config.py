@@ -228,14 +228,16 @@ def _fields(classes):
     return hints
 
 
-def build_parser(classes, description: str, positional: str | None = None) -> argparse.ArgumentParser:
+def build_parser(classes, description: str, positional: str | None = None,
+                 default_config: str | None = None) -> argparse.ArgumentParser:
     """A parser with one --flag per dataclass field; `positional` names a field that may also be given bare."""
     parser = _Parser(description=description, allow_abbrev=False,
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if positional:
         parser.add_argument(f"_{positional}", nargs="?", default=argparse.SUPPRESS, metavar=positional.upper(),
                             help=f"same as --{positional}")
-    parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file setting any of the fields below")
+    parser.add_argument("--config", default=default_config, metavar="FILE.yaml",
+                        help="YAML file setting any of the fields below (a flag given as well wins)")
     for cls in classes:
         group = parser.add_argument_group(cls.__name__, cls.__doc__)
         for name, (f, tp) in _fields([cls]).items():
@@ -254,14 +256,16 @@ def _suggest(name: str, valid) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def load_config(argv, classes, description: str, positional: str | None = None):
-    """Parse argv (and --config YAML) into one instance of each dataclass in `classes`.
+def load_config(argv, classes, description: str, positional: str | None = None,
+                default_config: str | None = None):
+    """Parse argv (and --config YAML, or default_config when no --config is given) into one instance of each
+    dataclass in `classes`.
 
     Returns (instances, explicit) where `explicit` is the set of field names the user set by flag or YAML, so a
     resumed run can tell "the user asked for max_iters=5000" from "max_iters is at its default".
     """
     fields = _fields(classes)
-    parser = build_parser(classes, description, positional)
+    parser = build_parser(classes, description, positional, default_config)
     if "-h" in argv or "--help" in argv:  # before the defaults are hidden below, so --help shows them
         parser.print_help()
         sys.exit(0)
@@ -281,7 +285,7 @@ def load_config(argv, classes, description: str, positional: str | None = None):
         given[positional] = given.pop(f"_{positional}")
 
     values = {}
-    config_path = given.pop("config", None)
+    config_path = given.pop("config", None) or default_config
     if config_path:
         values.update(_read_yaml(config_path, fields))
     values.update(given)

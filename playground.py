@@ -1,7 +1,9 @@
 """Train a GPT on a text file: `python playground.py corpus.txt --embedding_dim=384 --num_of_layers=4 ...`.
 
-With no corpus it trains on the built-in Shakespeare (data.py) and prints a sample when done. The loop is the
-classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live in training.py):
+With no corpus it trains on the built-in Shakespeare (data.py) and prints a sample when done. With no --config it
+trains configs/default.yaml, the modern recipe fitted to five minutes (--max_minutes: the first steps are timed, the
+run sized to fit and kept to the pace); every flag's own default is GPT-2's recipe, which configs/gpt2.yaml spells
+out. The loop is the classic one of GPT-1/2/3 and nanoGPT (the schedule and the optimizer step live in training.py):
 
     for each step:     lr from the schedule (linear warmup, then cosine decay to a floor, GPT-3 appendix B; or WSD)
                        forward + backward on one or more micro-batches (gradient accumulation)
@@ -49,9 +51,12 @@ from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_
 from sampling import sample_text
 from tokenizer import Tokenizer, TokenizerError
 from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rate, log_training, make_progress_bar,
-                      maybe_compile, resolve_schedule, steps_in_time)
+                      decay_begins, maybe_compile, replan, resolve_schedule, steps_in_time)
 
-TIMED_STEPS = 5  # --max_minutes: training steps (and evaluation forward passes) timed to size the run
+# What `python playground.py` trains when no --config is given: the modern recipe for five minutes. The flags' own
+# defaults (config.py) are GPT-2's recipe, which --config configs/gpt2.yaml spells out.
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
+WARMUP_STEPS, TIMED_STEPS = 2, 10  # --max_minutes: training steps (and evaluation passes) run, then timed
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
@@ -63,9 +68,11 @@ def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | 
     """The run's settings from the command line, or from the checkpoint with --resume; every refusal that needs no
     data and no device happens here, before the processes of a torchrun job meet (main then checks the precision and
     the memory against the device)."""
-    (model_cfg, train_cfg), explicit = load_config(sys.argv[1:] if argv is None else argv,
-                                                   (ModelConfig, TrainConfig), __doc__.splitlines()[0],
-                                                   positional="corpus")
+    argv = sys.argv[1:] if argv is None else argv
+    (model_cfg, train_cfg), explicit = load_config(argv, (ModelConfig, TrainConfig), __doc__.splitlines()[0],
+                                                   positional="corpus", default_config=DEFAULT_RECIPE)
+    if train_cfg.resume or train_cfg.init_from:  # the default recipe is for a model trained from scratch
+        (model_cfg, train_cfg), explicit = load_config(argv, (ModelConfig, TrainConfig), "", positional="corpus")
     check_out_dir(train_cfg)
     resumed = None
     if train_cfg.resume:
@@ -145,7 +152,7 @@ def estimate_loss(model, tokens: data.TokenData, cfg: TrainConfig, block_size: i
     return losses
 
 
-def median_seconds(work, times: int = TIMED_STEPS) -> float:
+def median_seconds(work, times: int) -> float:
     """The median time of work(0), ..., work(times - 1), each returning a tensor (read, so the device has finished):
     a median, so that one call slowed by another job on the machine does not count."""
     seconds = []
@@ -198,7 +205,7 @@ class Run:
         self.optimizer = build_optimizer(self.raw_model, train_cfg)
         self.stepper = OptimizerStep(self.raw_model, self.optimizer, train_cfg.grad_clip, self.dtype, self.device)
         self.step, self.best_val = 0, float("inf")
-        self.timing = None  # what fit_to_time measured, for the summary
+        self.timing, self.budget, self.per_eval = None, None, None  # --max_minutes: fit_to_time sets them
         self.history = list(resumed.history or []) if resumed else []  # every evaluation: the curves
         self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
         if resumed:
@@ -244,16 +251,35 @@ class Run:
         self.next_batch = next(self.batches)
 
         steps = steps_in_time(60 * minutes, per_step, per_eval, self.cfg.eval_interval)
-        self.cfg = resolve_schedule(dataclasses.replace(self.cfg, max_iters=steps))
+        self.cfg = resolve_schedule(dataclasses.replace(self.cfg, max_iters=steps))  # warmup fixed from here on
+        self.budget, self.per_eval = 60 * minutes, per_eval
         self.timing = (f"{minutes:g} minutes = {steps:,} steps here ({per_step:.3g} s a step, {per_eval:.3g} s an "
-                       f"evaluation, timed)")
+                       f"evaluation, timed)" + (", re-sized to the pace as it goes until the decay begins"
+                                                if self.keeps_to_time() else ""))
+        return self.cfg
+
+    def keeps_to_time(self) -> bool:
+        """Whether the step count is still re-planned as the run goes (replan_to_time): with --max_minutes and the
+        wsd schedule, until its decay begins (the cosine depends on max_iters from the first step: it keeps the
+        count timed at the start)."""
+        return (self.budget is not None and self.cfg.schedule == "wsd" and not self.cfg.lr_decay_iters
+                and self.step < decay_begins(self.cfg))
+
+    def replan_to_time(self, seconds_used: float) -> TrainConfig:
+        """max_iters re-sized from the pace of the steps so far (training.replan), after `seconds_used` of the
+        budget; the same figures on every process."""
+        evaluations = self.step // self.cfg.eval_interval
+        per_step = (seconds_used - evaluations * self.per_eval) / self.step  # the evaluations' time taken out
+        seconds_used, per_step = self.dist.mean(torch.tensor([seconds_used, per_step], device=self.device)).tolist()
+        self.cfg = replan(self.cfg, self.step, self.budget - seconds_used, per_step, self.per_eval)
         return self.cfg
 
     def time_step_and_evaluation(self) -> tuple[float, float]:
         """Seconds per training step (at lr 0) and per evaluation: its 2 x eval_iters forward passes, then a
         checkpoint's write and the curves' drawing. The same figures on every process."""
-        self.train_step(0.0).item()  # the first step allocates (and compiles with --compile): not timed
-        per_step = median_seconds(lambda i: self.train_step(0.0))
+        for _ in range(WARMUP_STEPS):  # the first steps allocate (and compile, with --compile): not timed
+            self.train_step(0.0).item()
+        per_step = median_seconds(lambda i: self.train_step(0.0), TIMED_STEPS)
 
         def val_loss(i: int) -> torch.Tensor:  # one of estimate_loss's forward passes
             x, y = data.get_batch(self.tokens.val, self.cfg.batch_size, self.model_cfg.block_size, self.cfg.seed, i,
@@ -262,7 +288,7 @@ class Run:
 
         with torch.no_grad(), self.ctx:
             self.compiled.eval()
-            per_eval = 2 * self.cfg.eval_iters * median_seconds(val_loss)
+            per_eval = 2 * self.cfg.eval_iters * median_seconds(val_loss, min(TIMED_STEPS, self.cfg.eval_iters))
             self.compiled.train()
         started = time.perf_counter()
         torch.save({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict()}, io.BytesIO())
@@ -270,7 +296,7 @@ class Run:
             record = {"step": 1, "tokens": 1, "train": 1.0, "val": 1.0, "bpc": 1.0, "lr": self.cfg.learning_rate}
             pictures.training_curves({"timing": [record]}, os.path.join(scratch, "curves.png"), [record["lr"]] * 2)
         per_eval += time.perf_counter() - started
-        return tuple(self.dist.mean(torch.tensor([per_step, per_eval])).tolist())
+        return tuple(self.dist.mean(torch.tensor([per_step, per_eval], device=self.device)).tolist())
 
     def train_step(self, lr: float) -> torch.Tensor:
         """One optimizer step at learning rate `lr` over this process's micro-batches; returns the mean loss, a tensor
@@ -386,6 +412,10 @@ def main(argv=None):
             run.draw_curves()
         if evaluate or save:
             speed.restart()  # the time spent evaluating and saving is not training's
+        if step % cfg.log_interval == 0 and run.keeps_to_time() and not last:  # --max_minutes: follow the pace
+            cfg = run.replan_to_time(time.perf_counter() - started)
+            if progress:
+                progress.total = cfg.max_iters
     if progress:
         progress.close()
     if dist.is_main:

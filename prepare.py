@@ -3,7 +3,8 @@
 playground.py builds the same cache when it is missing, but under torchrun the other processes would wait for it,
 and a corpus of many gigabytes takes a while. Build it once here, on every core of the machine (token_cache.py);
 training then only memory-maps it. CORPUS is a text file, a directory of *.txt files or a .jsonl file (corpus.py);
-`--tokenizer` is what playground.py will be given (char, bpe:N, bbpe:N trained here and cached, or a tokenizer.json).
+`--tokenizer` is what playground.py will be given (char, bpe:N, bbpe:N trained here and cached, or a tokenizer.json);
+its default is the flag's, char: give bbpe:1024 to prepare for playground.py's default run (configs/default.yaml).
 
     python prepare.py openwebtext.jsonl --tokenizer=bbpe:50257
     torchrun --standalone --nproc_per_node=8 playground.py openwebtext.jsonl --tokenizer=bbpe:50257 ...

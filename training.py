@@ -76,13 +76,14 @@ def resolve_schedule(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, warmup_iters=warmup, min_lr=min_lr)
 
 
-def steps_in_time(seconds: float, per_step: float, per_eval: float, eval_interval: int) -> int:
-    """How many steps fit in `seconds` (--max_minutes) when each takes per_step seconds and an evaluation, per_eval,
-    runs every eval_interval steps and once at the end: the most steps n (at least 1) whose time,
-    n * per_step + ceil(n / eval_interval) * per_eval, is within `seconds`.
+def steps_in_time(seconds: float, per_step: float, per_eval: float, eval_interval: int, start: int = 0) -> int:
+    """How many steps after step `start` fit in `seconds` (--max_minutes) when each takes per_step seconds and an
+    evaluation, per_eval, runs every eval_interval steps and once at the end: the most steps n (at least 1) whose
+    time, n * per_step + (evaluations in steps start + 1 ... start + n) * per_eval, is within `seconds`.
     steps_in_time(60, 0.5, 5, 50) = 100: 100 steps take 50 s, their evaluations at steps 50 and 100 take 10 s."""
     def time_of(n: int) -> float:
-        return n * per_step + -(-n // eval_interval) * per_eval
+        evaluations = -(-(start + n) // eval_interval) - start // eval_interval  # ceil(end / interval): the last too
+        return n * per_step + evaluations * per_eval
 
     n = max(1, int(seconds / (per_step + per_eval / eval_interval)))  # about right; then exact
     while n > 1 and time_of(n) > seconds:
@@ -90,6 +91,23 @@ def steps_in_time(seconds: float, per_step: float, per_eval: float, eval_interva
     while time_of(n + 1) <= seconds:
         n += 1
     return n
+
+
+def replan(cfg: TrainConfig, step: int, seconds_left: float, per_step: float, per_eval: float) -> TrainConfig:
+    """--max_minutes with the wsd schedule: max_iters re-sized at step `step` so that the run ends as the time runs
+    out at the pace measured so far. Until its decay begins, wsd's learning rate is the peak whatever max_iters is,
+    so the steps already taken are those of the new plan too: the run stays exactly the one `--max_iters=N
+    --warmup_iters=W` trains. The new decay may begin at `step` at the earliest, never in the past."""
+    steps = step + steps_in_time(seconds_left, per_step, per_eval, cfg.eval_interval, start=step)
+    while steps - round(cfg.decay_fraction * steps) < step:  # the decay would have begun already
+        steps += 1
+    return dataclasses.replace(cfg, max_iters=steps)
+
+
+def decay_begins(cfg: TrainConfig) -> int:
+    """The first step after which wsd's learning rate falls below the peak (warmup_stable_decay)."""
+    decay_end = cfg.lr_decay_iters or cfg.max_iters
+    return decay_end - round(cfg.decay_fraction * decay_end)
 
 
 def lr_factor(step: int, total: int) -> float:

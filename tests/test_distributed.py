@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import checkpoint
+from tiny import GPT2_RECIPE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2", "--batch_size=8",
-         "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--eval_interval=8", "--dropout=0.0",
+FLAGS = ["--config", GPT2_RECIPE, "--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2",
+         "--batch_size=8", "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--eval_interval=8", "--dropout=0.0",
          "--gradient_accumulation_steps=2", "--lr_decay_iters=40", "--warmup_iters=4"]
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
@@ -65,6 +66,13 @@ def test_two_processes_equal_one_process_with_muon(corpus, tmp_path):
     assert set(a["optimizer"]) == {"muon", "adamw"}
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_time_budget_gives_every_process_the_same_step_count(corpus, tmp_path):
+    """Each process times its own steps; they train the mean's step count together (unequal counts would hang)."""
+    log = run(corpus, tmp_path / "two", "--max_minutes=0.05", processes=2)
+    steps = checkpoint.load_checkpoint(tmp_path / "two" / "model_checkpoint.tar")["step"]
+    assert f"= {steps:,} steps here" in log and f"done: {steps} steps" in log
 
 
 def test_a_two_process_run_resumed_by_one_process(corpus, tmp_path):

@@ -131,18 +131,30 @@ def test_resume_is_exact(corpus, tmp_path):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_a_time_budget_trains_exactly_the_run_of_the_steps_it_measured(corpus, tmp_path, capsys, optimizer):
-    flags = ["--dropout=0.1", "--eval_interval=10", f"--optimizer={optimizer}"]  # dropout: the random state too
-    train(corpus, tmp_path / "timed", "--max_minutes=0.02", *flags)
-    assert "time: 0.02 minutes = " in capsys.readouterr().out
+@pytest.mark.parametrize("optimizer, schedule", [("adamw", "cosine"), ("muon", "wsd")])
+def test_a_time_budget_trains_exactly_the_run_of_the_steps_it_measured(corpus, tmp_path, capsys, optimizer, schedule):
+    """The timed steps leave no trace; with wsd the step count is re-sized as the run goes, the warmup staying."""
+    flags = ["--dropout=0.1", "--eval_interval=10", f"--optimizer={optimizer}", f"--schedule={schedule}"]
+    train(corpus, tmp_path / "timed", "--max_minutes=0.03", *flags)  # dropout: the random state is restored too
+    assert "time: 0.03 minutes = " in capsys.readouterr().out
     timed = checkpoint.load_checkpoint(tmp_path / "timed" / "model_checkpoint.tar")
-    steps = timed["train_config"]["max_iters"]
-    assert timed["step"] == steps and timed["train_config"]["warmup_iters"] == steps // 20
-    train(corpus, tmp_path / "fixed", f"--max_iters={steps}", *flags)  # the timed steps left no trace
+    steps, warmup = timed["train_config"]["max_iters"], timed["train_config"]["warmup_iters"]
+    assert timed["step"] == steps and warmup <= steps // 10
+    train(corpus, tmp_path / "fixed", f"--max_iters={steps}", f"--warmup_iters={warmup}", *flags)
     fixed = checkpoint.load_checkpoint(tmp_path / "fixed" / "model_checkpoint.tar")
     for name, tensor in fixed["model"].items():
         assert torch.equal(tensor, timed["model"][name]), name
+
+
+def test_replanning_moves_the_end_of_a_wsd_run_never_the_steps_taken():
+    cfg = schedule(max_iters=100, warmup_iters=5, schedule="wsd", decay_fraction=0.4, eval_interval=50)
+    assert training.decay_begins(cfg) == 60
+    faster = training.replan(cfg, 30, seconds_left=20, per_step=0.1, per_eval=1)  # 160 steps + evaluations at
+    assert faster.max_iters == 190 and faster.warmup_iters == 5                 # 50, 100, 150 and 190: 20 s
+    late = training.replan(cfg, 50, seconds_left=0.5, per_step=0.1, per_eval=1)  # time is up: the decay starts now
+    assert late.max_iters == 83 and training.decay_begins(late) == 50
+    for new in (faster, late):
+        assert [training.learning_rate(s, new) for s in range(30)] == [training.learning_rate(s, cfg) for s in range(30)]
 
 
 def test_a_step_count_given_wins_over_a_time_budget(corpus, tmp_path, capsys):

@@ -57,3 +57,22 @@ def test_gpt2_yaml_is_the_default_and_modern_yaml_changes_each_option():
     changed = {name for name, value in model_cfg.__dict__.items() if value != getattr(defaults[0], name)}
     assert changed == {"position", "norm", "qk_norm", "activation", "bias", "tie_embeddings", "zero_init"}
     assert (train_cfg.optimizer, train_cfg.schedule, train_cfg.tokenizer) == ("muon", "wsd", "bbpe:1024")
+
+
+def test_default_yaml_is_modern_yaml_fitted_to_five_minutes():
+    modern_model, modern_train = recipe("modern.yaml")
+    model_cfg, train_cfg = recipe("default.yaml")
+    assert model_cfg == modern_model
+    changed = {name for name, value in train_cfg.__dict__.items() if value != getattr(modern_train, name)}
+    assert changed == {"max_minutes", "batch_size", "decay_fraction"} and train_cfg.max_minutes == 5
+
+
+def test_python_playground_py_trains_the_default_recipe_from_scratch_only():
+    """No --config: configs/default.yaml; --resume and --init_from take their settings elsewhere (the checkpoint,
+    GPT-2's weights), so the default recipe is not read for them."""
+    model_cfg, train_cfg, _, _ = playground.settings(["--out_dir=/nonexistent/out"])
+    assert (model_cfg, train_cfg) == recipe("default.yaml", "--out_dir=/nonexistent/out")
+    model_cfg, train_cfg, _, _ = playground.settings(["--config", str(CONFIGS / "gpt2.yaml"), "--out_dir=/x/out"])
+    assert (model_cfg.position, train_cfg.max_minutes, train_cfg.warmup_iters) == ("learned", None, 150)
+    model_cfg, train_cfg, _, _ = playground.settings(["--init_from=gpt2", "--out_dir=/nonexistent/out"])
+    assert (model_cfg.position, train_cfg.optimizer, train_cfg.max_minutes) == ("learned", "adamw", None)
