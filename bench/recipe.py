@@ -27,7 +27,7 @@ from tokenizer import train_tokenizer  # noqa: E402
 from train_step import Contender  # noqa: E402 (bench/train_step.py's training step)
 
 OPTIONS = {  # name -> (ModelConfig changes, TrainConfig changes); the modern bundle is configs/modern.yaml
-    "GPT-2 (the default)": ({}, {}),
+    "GPT-2 (the flags' defaults)": ({}, {}),
     "--position=rope": ({"position": "rope"}, {}),
     "--norm=rms": ({"norm": "rms"}, {}),
     "--qk_norm": ({"qk_norm": True}, {}),
