@@ -56,8 +56,25 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc(x)  # (B, T, 4C)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate)  # (B, T, 4C)
+        h = ReLUSquared.apply(h) if self.relu2 else F.gelu(h, approximate=self.approximate)  # (B, T, 4C)
         return self.dropout(self.proj(h))  # (B, T, C)
+
+
+class ReLUSquared(torch.autograd.Function):
+    """relu(x)^2, whose derivative 2 relu(x) comes from the relu(x) kept by the forward pass in one pass over memory.
+    Autograd's own chain for F.relu(x).square() (square's backward, then relu's) gives the same numbers in about
+    twice the time on a CPU; tests/test_modern.py checks that the two agree exactly."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return r.mul(grad).mul_(2)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:

@@ -9,7 +9,7 @@ import playground
 from attention import MultiHeadAttention, Rotary
 from checkpoint import load_model
 from config import ModelConfig, UserError
-from gpt import GPT, MLP
+from gpt import GPT, MLP, ReLUSquared
 from tiny import TINY
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a cache of its own per test
@@ -101,6 +101,17 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
         attn.qkv.weight[:64] *= 25.0  # the q and k rows
         attn.qkv.bias[:64] *= 25.0
     assert torch.allclose(attn(x), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_squared_and_its_one_pass_backward_equal_autograds(dtype):
+    x = torch.randn(4, 8, 64, dtype=dtype)
+    x[0, 0, :4] = 0.0  # relu's kink: the derivative there is 0 both ways
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn_like(x)
+    torch.relu(a).square().backward(grad)
+    ReLUSquared.apply(b).backward(grad)
+    assert torch.equal(ReLUSquared.apply(x), torch.relu(x).square()) and torch.equal(a.grad, b.grad)
 
 
 def test_relu_squared_mlp():
