@@ -160,6 +160,8 @@ class TrainConfig:
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate",
                         "muon_learning_rate", "eval_interval", "eval_iters", "checkpoint_interval", "lr_decay_iters",
                         "log_interval", "peak_flops", "max_minutes")
+        if self.max_minutes is not None and self.max_minutes > 10 ** 6:
+            raise UserError(f"max_minutes={self.max_minutes} is more than a million minutes (two years)")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise UserError(f"decay_fraction={self.decay_fraction} must be in [0, 1], e.g. --decay_fraction=0.2")
         if not 0.0 < self.val_fraction < 1.0:

@@ -56,7 +56,7 @@ from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rat
 # What `python playground.py` trains when no --config is given: the modern recipe for five minutes. The flags' own
 # defaults (config.py) are GPT-2's recipe, which --config configs/gpt2.yaml spells out.
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
-WARMUP_STEPS, TIMED_STEPS = 2, 10  # --max_minutes: training steps (and evaluation passes) run, then timed
+UNTIMED_STEPS, TIMED_STEPS = 2, 10  # --max_minutes: training steps (and evaluation passes) run, then timed
 EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
@@ -69,10 +69,12 @@ def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | 
     data and no device happens here, before the processes of a torchrun job meet (main then checks the precision and
     the memory against the device)."""
     argv = sys.argv[1:] if argv is None else argv
+    typed = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}  # --max_iters=5 -> max_iters
     (model_cfg, train_cfg), explicit = load_config(argv, (ModelConfig, TrainConfig), __doc__.splitlines()[0],
-                                                   positional="corpus", default_config=DEFAULT_RECIPE)
-    if train_cfg.resume or train_cfg.init_from:  # the default recipe is for a model trained from scratch
-        (model_cfg, train_cfg), explicit = load_config(argv, (ModelConfig, TrainConfig), "", positional="corpus")
+                                                   positional="corpus")
+    if "config" not in typed and not (train_cfg.resume or train_cfg.init_from):  # a model trained from scratch
+        (model_cfg, train_cfg), explicit = load_config(argv, (ModelConfig, TrainConfig), "", positional="corpus",
+                                                       default_config=DEFAULT_RECIPE)
     check_out_dir(train_cfg)
     resumed = None
     if train_cfg.resume:
@@ -80,8 +82,10 @@ def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | 
                                                required=LanguageModelCheckpoint.RESUME)
         model_cfg, train_cfg = merge_resumed_config(resumed, train_cfg, explicit, model_cfg)
     else:
-        if "max_iters" in explicit:
-            train_cfg = dataclasses.replace(train_cfg, max_minutes=None)  # a step count given wins over a time
+        if {"max_iters", "max_minutes"} <= typed:
+            raise UserError("give --max_iters (steps) or --max_minutes (a time), not both")
+        if "max_iters" in explicit and "max_minutes" not in typed:  # a step count wins over a config file's time
+            train_cfg = dataclasses.replace(train_cfg, max_minutes=None)
         if train_cfg.max_minutes is None:  # else main fills the schedule once the steps are timed (Run.fit_to_time)
             train_cfg = resolve_schedule(train_cfg)
     check_corpus_exists(train_cfg.corpus)
@@ -234,50 +238,58 @@ class Run:
                             f"pass a larger --max_iters to train on")
 
     def fit_to_time(self, minutes: float) -> TrainConfig:
-        """--max_minutes: time a few training steps and an evaluation, set max_iters to the steps that fit in
-        `minutes` with their evaluations (training.steps_in_time), and fill the schedule from it, so warmup and decay
-        fit the time. The timed steps are then undone (weights, optimizer state, random state, data position): the
-        run is exactly the one --max_iters=N trains, and resumes like it."""
-        weights = {name: t.clone() for name, t in self.raw_model.state_dict().items()}
-        optimizer, rng = copy.deepcopy(self.optimizer.state_dict()), torch.get_rng_state()
-        per_step, per_eval = self.time_step_and_evaluation()
-        self.raw_model.load_state_dict(weights)  # copies into the same parameters: the optimizer still holds them
-        self.optimizer.load_state_dict(optimizer)
-        torch.set_rng_state(rng)
-        self.stepper = OptimizerStep(self.raw_model, self.optimizer, self.cfg.grad_clip, self.dtype, self.device)
-        self.step = 0
-        self.batches = data.training_batches(self.tokens.train, self.cfg.batch_size, self.model_cfg.block_size,
-                                             self.cfg.seed, 0, self.micro_steps, self.device)
-        self.next_batch = next(self.batches)
-
+        """--max_minutes: time a few training steps and an evaluation (then undo the steps), set max_iters to the
+        steps that fit in `minutes` with their evaluations (training.steps_in_time), and fill the schedule from it, so
+        warmup and decay fit the time: the run is exactly the one --max_iters=N trains, and resumes like it. With wsd
+        the plan then follows the pace (replan_to_time), and the run is the one --max_iters=N --warmup_iters=W
+        trains, N its last plan."""
+        per_step, per_eval = self.undoing_the_steps(self.time_step_and_evaluation)
         steps = steps_in_time(60 * minutes, per_step, per_eval, self.cfg.eval_interval)
         self.cfg = resolve_schedule(dataclasses.replace(self.cfg, max_iters=steps))  # warmup fixed from here on
         self.budget, self.per_eval = 60 * minutes, per_eval
         self.timing = (f"{minutes:g} minutes = {steps:,} steps here ({per_step:.3g} s a step, {per_eval:.3g} s an "
                        f"evaluation, timed)" + (", re-sized to the pace as it goes until the decay begins"
-                                                if self.keeps_to_time() else ""))
+                                                if self.follows_pace() else ""))
         return self.cfg
 
-    def keeps_to_time(self) -> bool:
+    def undoing_the_steps(self, work):
+        """work()'s result, with every trace of the training steps it took undone: the weights (kept on the CPU
+        meanwhile), the optimizer state, the random states (the CPU's and the GPU's), the step and the data position."""
+        weights = {name: t.detach().to("cpu", copy=True) for name, t in self.raw_model.state_dict().items()}
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            result = work()
+        self.raw_model.load_state_dict(weights)  # copies into the same parameters: the optimizer still holds them
+        self.optimizer.load_state_dict(optimizer)
+        self.stepper = OptimizerStep(self.raw_model, self.optimizer, self.cfg.grad_clip, self.dtype, self.device)
+        self.step = 0
+        self.batches = data.training_batches(self.tokens.train, self.cfg.batch_size, self.model_cfg.block_size,
+                                             self.cfg.seed, 0, self.micro_steps, self.device)
+        self.next_batch = next(self.batches)
+        return result
+
+    def follows_pace(self) -> bool:
         """Whether the step count is still re-planned as the run goes (replan_to_time): with --max_minutes and the
         wsd schedule, until its decay begins (the cosine depends on max_iters from the first step: it keeps the
         count timed at the start)."""
         return (self.budget is not None and self.cfg.schedule == "wsd" and not self.cfg.lr_decay_iters
                 and self.step < decay_begins(self.cfg))
 
-    def replan_to_time(self, seconds_used: float) -> TrainConfig:
-        """max_iters re-sized from the pace of the steps so far (training.replan), after `seconds_used` of the
-        budget; the same figures on every process."""
+    def replan_to_time(self, seconds_used: float, seconds_evaluating: float) -> TrainConfig:
+        """max_iters re-sized (training.replan) from the pace of the steps so far, `seconds_used` of the budget gone,
+        `seconds_evaluating` of them in evaluations and checkpoints; the same figures on every process."""
         evaluations = self.step // self.cfg.eval_interval
-        per_step = (seconds_used - evaluations * self.per_eval) / self.step  # the evaluations' time taken out
-        seconds_used, per_step = self.dist.mean(torch.tensor([seconds_used, per_step], device=self.device)).tolist()
-        self.cfg = replan(self.cfg, self.step, self.budget - seconds_used, per_step, self.per_eval)
+        per_eval = seconds_evaluating / evaluations if evaluations else self.per_eval  # measured, once there is one
+        figures = torch.tensor([seconds_used, (seconds_used - seconds_evaluating) / self.step, per_eval],
+                               device=self.device)
+        seconds_used, per_step, per_eval = self.dist.mean(figures).tolist()
+        self.cfg = replan(self.cfg, self.step, self.budget - seconds_used, per_step, per_eval)
         return self.cfg
 
     def time_step_and_evaluation(self) -> tuple[float, float]:
         """Seconds per training step (at lr 0) and per evaluation: its 2 x eval_iters forward passes, then a
         checkpoint's write and the curves' drawing. The same figures on every process."""
-        for _ in range(WARMUP_STEPS):  # the first steps allocate (and compile, with --compile): not timed
+        for _ in range(UNTIMED_STEPS):  # the first steps allocate (and compile, with --compile)
             self.train_step(0.0).item()
         per_step = median_seconds(lambda i: self.train_step(0.0), TIMED_STEPS)
 
@@ -290,11 +302,13 @@ class Run:
             self.compiled.eval()
             per_eval = 2 * self.cfg.eval_iters * median_seconds(val_loss, min(TIMED_STEPS, self.cfg.eval_iters))
             self.compiled.train()
-        started = time.perf_counter()
-        torch.save({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict()}, io.BytesIO())
+        record = {"step": 1, "tokens": 1, "train": 1.0, "val": 1.0, "bpc": 1.0, "lr": self.cfg.learning_rate}
         with tempfile.TemporaryDirectory() as scratch:
-            record = {"step": 1, "tokens": 1, "train": 1.0, "val": 1.0, "bpc": 1.0, "lr": self.cfg.learning_rate}
-            pictures.training_curves({"timing": [record]}, os.path.join(scratch, "curves.png"), [record["lr"]] * 2)
+            for timed in (False, True):  # the first drawing imports matplotlib: not timed
+                started = time.perf_counter()
+                torch.save({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict()},
+                           io.BytesIO())
+                pictures.training_curves({"timing": [record]}, os.path.join(scratch, "c.png"), [record["lr"]] * 2)
         per_eval += time.perf_counter() - started
         return tuple(self.dist.mean(torch.tensor([per_step, per_eval], device=self.device)).tolist())
 
@@ -392,7 +406,7 @@ def main(argv=None):
 
     progress = make_progress_bar(run.step, cfg.max_iters, dist.is_main)
     speed = Speedometer(flops_per_token(run.raw_model), run.peak_flops, dist.world_size)  # tokens/s and MFU
-    started, first_step = time.perf_counter(), run.step
+    started, first_step, evaluating = time.perf_counter(), run.step, 0.0  # evaluating: seconds, checkpoints too
     while run.step < cfg.max_iters:
         lr = learning_rate(run.step, cfg)
         loss = run.train_step(lr)  # a tensor on the device, read only at log intervals
@@ -404,6 +418,7 @@ def main(argv=None):
         if step % cfg.log_interval == 0 or evaluate or save:
             run.check_diverged(weights=evaluate or save)  # waits for the device; before anything is saved
             log_training(progress, logger, step, loss.item(), lr, *speed.read())
+        pause = time.perf_counter()
         if evaluate:
             run.evaluate(lr, time.perf_counter() - started, progress.write if progress else print, logger)
         if dist.is_main and save:
@@ -412,8 +427,9 @@ def main(argv=None):
             run.draw_curves()
         if evaluate or save:
             speed.restart()  # the time spent evaluating and saving is not training's
-        if step % cfg.log_interval == 0 and run.keeps_to_time() and not last:  # --max_minutes: follow the pace
-            cfg = run.replan_to_time(time.perf_counter() - started)
+            evaluating += time.perf_counter() - pause
+        if step % cfg.log_interval == 0 and run.follows_pace() and not last:  # --max_minutes: follow the pace
+            cfg = run.replan_to_time(time.perf_counter() - started, evaluating)
             if progress:
                 progress.total = cfg.max_iters
     if progress:

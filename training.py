@@ -81,6 +81,8 @@ def steps_in_time(seconds: float, per_step: float, per_eval: float, eval_interva
     evaluation, per_eval, runs every eval_interval steps and once at the end: the most steps n (at least 1) whose
     time, n * per_step + (evaluations in steps start + 1 ... start + n) * per_eval, is within `seconds`.
     steps_in_time(60, 0.5, 5, 50) = 100: 100 steps take 50 s, their evaluations at steps 50 and 100 take 10 s."""
+    per_step = max(per_step, 1e-9)  # a pace measured as zero (or less, from a rough evaluation time) is not
+
     def time_of(n: int) -> float:
         evaluations = -(-(start + n) // eval_interval) - start // eval_interval  # ceil(end / interval): the last too
         return n * per_step + evaluations * per_eval

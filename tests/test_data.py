@@ -19,6 +19,7 @@ from test_tokenizer_hf import code, english, mixed_scripts
 import corpus as corpus_module
 import data
 import token_cache
+from tiny import GPT2_RECIPE
 from tokenizer import EOT, TokenizerError, train_tokenizer
 
 
@@ -189,7 +190,8 @@ def test_a_corrupt_cache_json_is_rebuilt_and_said(tmp_path, capsys):
 def test_a_piped_corpus_is_read_once(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sees the dog. " * 200 + "\n")
-    flags = "--block_size=8 --embedding_dim=16 --num_of_layers=1 --num_of_heads=2 --batch_size=4 --eval_iters=1 " \
+    flags = f"--config {GPT2_RECIPE} --block_size=8 --embedding_dim=16 --num_of_layers=1 --num_of_heads=2 " \
+            "--batch_size=4 --eval_iters=1 " \
             f"--max_iters=2 --sample_tokens=5 --device=cpu --dtype=float32 --out_dir={tmp_path / 'out'}"
     result = run("bash", "-c", f"{sys.executable} playground.py <(cat {corpus}) {flags}")
     assert result.returncode == 0, result.stderr

@@ -6,6 +6,7 @@ import torch
 
 import device
 from config import ModelConfig, UserError
+from tiny import GPT2_RECIPE
 
 CPU = torch.device("cpu")
 TINY = ModelConfig(vocab_size=11, block_size=16, embedding_dim=32, num_of_layers=2, num_of_heads=2)
@@ -86,7 +87,7 @@ def test_playground_prints_the_verdict(probe, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abcdefgh ijklmnop\n" * 200, encoding="utf-8")
     probe.speedup = 0.7
-    playground.main([str(corpus), f"--out_dir={tmp_path / 'out'}", "--block_size=16", "--embedding_dim=32",
-                     "--num_of_layers=1", "--num_of_heads=2", "--batch_size=4", "--max_iters=2", "--eval_iters=1",
-                     "--sample_tokens=0", "--device=cpu"])
+    playground.main([str(corpus), "--config", GPT2_RECIPE, f"--out_dir={tmp_path / 'out'}", "--block_size=16",
+                     "--embedding_dim=32", "--num_of_layers=1", "--num_of_heads=2", "--batch_size=4", "--max_iters=2",
+                     "--eval_iters=1", "--sample_tokens=0", "--device=cpu"])
     assert "precision: float32: bfloat16 autocast is 0.70x float32 here" in capsys.readouterr().out

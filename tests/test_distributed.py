@@ -70,9 +70,10 @@ def test_two_processes_equal_one_process_with_muon(corpus, tmp_path):
 
 def test_a_time_budget_gives_every_process_the_same_step_count(corpus, tmp_path):
     """Each process times its own steps; they train the mean's step count together (unequal counts would hang)."""
-    log = run(corpus, tmp_path / "two", "--max_minutes=0.05", processes=2)
+    log = run(corpus, tmp_path / "two", "--max_minutes=0.05", "--schedule=wsd", "--lr_decay_iters=none",
+              "--warmup_iters=none", processes=2)  # wsd: the plan is re-sized to the pace, every process agreeing
     steps = checkpoint.load_checkpoint(tmp_path / "two" / "model_checkpoint.tar")["step"]
-    assert f"= {steps:,} steps here" in log and f"done: {steps} steps" in log
+    assert "re-sized to the pace" in log and f"done: {steps} steps" in log
 
 
 def test_a_two_process_run_resumed_by_one_process(corpus, tmp_path):

@@ -76,3 +76,17 @@ def test_python_playground_py_trains_the_default_recipe_from_scratch_only():
     assert (model_cfg.position, train_cfg.max_minutes, train_cfg.warmup_iters) == ("learned", None, 150)
     model_cfg, train_cfg, _, _ = playground.settings(["--init_from=gpt2", "--out_dir=/nonexistent/out"])
     assert (model_cfg.position, train_cfg.optimizer, train_cfg.max_minutes) == ("learned", "adamw", None)
+
+
+@pytest.mark.usefixtures("private_cache")
+def test_a_resumed_default_run_keeps_its_own_settings(tmp_path):
+    """--resume reads the checkpoint's settings, not configs/default.yaml's: a GPT-2 run resumes as GPT-2."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sees the fish. a dog eats a bone.\n" * 200, encoding="utf-8")
+    tiny = ["--config", str(CONFIGS / "gpt2.yaml"), "--block_size=16", "--embedding_dim=32", "--num_of_layers=2",
+            "--num_of_heads=2", "--eval_iters=1", "--sample_tokens=0", "--dtype=float32", "--device=cpu"]
+    playground.main([str(corpus), *tiny, f"--out_dir={tmp_path / 'out'}", "--max_iters=2"])
+    model_cfg, train_cfg, resumed, _ = playground.settings([str(corpus), f"--out_dir={tmp_path / 'out'}", "--resume",
+                                                             "--max_iters=4"])
+    assert (model_cfg.position, train_cfg.optimizer, train_cfg.tokenizer, train_cfg.max_iters) == \
+        ("learned", "adamw", "char", 4) and resumed.step == 2
