@@ -177,6 +177,9 @@ def sample_windows(ids: np.ndarray, batch_size: int, block_size: int, seed: int,
     return torch.from_numpy(windows)  # (B, T + 1)
 
 
+EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
+
+
 def get_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro_step: int = 0):
     """batch_size random windows of block_size + 1 ids -> inputs x (B, T) and next-token targets y (B, T).
 

@@ -25,13 +25,10 @@ Read next: distributed.py, the same loop on several processes; then generate.py,
 checkpoints written here.
 """
 import contextlib
-import copy
 import dataclasses
-import io
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -49,15 +46,14 @@ from gpt import GPT
 from muon import MuonWithAdamW
 from preflight import CHECKPOINTS, check_corpus_exists, check_memory, check_out_dir
 from sampling import sample_text
+from time_budget import TimeBudget
 from tokenizer import Tokenizer, TokenizerError
 from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rate, log_training, make_progress_bar,
-                      decay_begins, maybe_compile, replan, resolve_schedule, steps_in_time)
+                      maybe_compile, resolve_schedule)
 
 # What `python playground.py` trains when no --config is given: the modern recipe for five minutes. The flags' own
 # defaults (config.py) are GPT-2's recipe, which --config configs/gpt2.yaml spells out.
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
-UNTIMED_STEPS, TIMED_STEPS = 2, 10  # --max_minutes: training steps (and evaluation passes) run, then timed
-EVAL_STREAM = 10 ** 6  # micro-step index reserved for evaluation batches, far from any training micro-step
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
              "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume", "overwrite", "log_interval",
@@ -86,7 +82,7 @@ def settings(argv) -> tuple[ModelConfig, TrainConfig, LanguageModelCheckpoint | 
             raise UserError("give --max_iters (steps) or --max_minutes (a time), not both")
         if "max_iters" in explicit and "max_minutes" not in typed:  # a step count wins over a config file's time
             train_cfg = dataclasses.replace(train_cfg, max_minutes=None)
-        if train_cfg.max_minutes is None:  # else main fills the schedule once the steps are timed (Run.fit_to_time)
+        if train_cfg.max_minutes is None:  # else main fills the schedule once the steps are timed (TimeBudget)
             train_cfg = resolve_schedule(train_cfg)
     check_corpus_exists(train_cfg.corpus)
     return model_cfg, train_cfg, resumed, explicit
@@ -148,23 +144,12 @@ def estimate_loss(model, tokens: data.TokenData, cfg: TrainConfig, block_size: i
     for split, ids in (("train", tokens.train), ("val", tokens.val)):
         total = 0.0
         for i in range(cfg.eval_iters):
-            x, y = data.get_batch(ids, cfg.batch_size, block_size, cfg.seed, i, EVAL_STREAM)
+            x, y = data.get_batch(ids, cfg.batch_size, block_size, cfg.seed, i, data.EVAL_STREAM)
             with ctx:
                 total += model(x.to(device), y.to(device))[1].item()
         losses[split] = total / cfg.eval_iters
     model.train()
     return losses
-
-
-def median_seconds(work, times: int) -> float:
-    """The median time of work(0), ..., work(times - 1), each returning a tensor (read, so the device has finished):
-    a median, so that one call slowed by another job on the machine does not count."""
-    seconds = []
-    for i in range(times):
-        started = time.perf_counter()
-        work(i).item()
-        seconds.append(time.perf_counter() - started)
-    return sorted(seconds)[times // 2]
 
 
 def count_distinct(ids: np.ndarray) -> int:
@@ -209,7 +194,7 @@ class Run:
         self.optimizer = build_optimizer(self.raw_model, train_cfg)
         self.stepper = OptimizerStep(self.raw_model, self.optimizer, train_cfg.grad_clip, self.dtype, self.device)
         self.step, self.best_val = 0, float("inf")
-        self.timing, self.budget, self.per_eval = None, None, None  # --max_minutes: fit_to_time sets them
+        self.budget = None  # --max_minutes: a TimeBudget (time_budget.py), made by main
         self.history = list(resumed.history or []) if resumed else []  # every evaluation: the curves
         self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.gradient_accumulation_steps
         if resumed:
@@ -236,81 +221,6 @@ class Run:
         if self.step >= self.cfg.max_iters:
             raise UserError(f"the checkpoint is at step {self.step}, already max_iters={self.cfg.max_iters}; "
                             f"pass a larger --max_iters to train on")
-
-    def fit_to_time(self, minutes: float) -> TrainConfig:
-        """--max_minutes: time a few training steps and an evaluation (then undo the steps), set max_iters to the
-        steps that fit in `minutes` with their evaluations (training.steps_in_time), and fill the schedule from it, so
-        warmup and decay fit the time: the run is exactly the one --max_iters=N trains, and resumes like it. With wsd
-        the plan then follows the pace (replan_to_time), and the run is the one --max_iters=N --warmup_iters=W
-        trains, N its last plan."""
-        per_step, per_eval = self.undoing_the_steps(self.time_step_and_evaluation)
-        steps = steps_in_time(60 * minutes, per_step, per_eval, self.cfg.eval_interval)
-        self.cfg = resolve_schedule(dataclasses.replace(self.cfg, max_iters=steps))  # warmup fixed from here on
-        self.budget, self.per_eval = 60 * minutes, per_eval
-        self.timing = (f"{minutes:g} minutes = {steps:,} steps here ({per_step:.3g} s a step, {per_eval:.3g} s an "
-                       f"evaluation, timed)" + (", re-sized to the pace as it goes until the decay begins"
-                                                if self.follows_pace() else ""))
-        return self.cfg
-
-    def undoing_the_steps(self, work):
-        """work()'s result, with every trace of the training steps it took undone: the weights (kept on the CPU
-        meanwhile), the optimizer state, the random states (the CPU's and the GPU's), the step and the data position."""
-        weights = {name: t.detach().to("cpu", copy=True) for name, t in self.raw_model.state_dict().items()}
-        optimizer = copy.deepcopy(self.optimizer.state_dict())
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            result = work()
-        self.raw_model.load_state_dict(weights)  # copies into the same parameters: the optimizer still holds them
-        self.optimizer.load_state_dict(optimizer)
-        self.stepper = OptimizerStep(self.raw_model, self.optimizer, self.cfg.grad_clip, self.dtype, self.device)
-        self.step = 0
-        self.batches = data.training_batches(self.tokens.train, self.cfg.batch_size, self.model_cfg.block_size,
-                                             self.cfg.seed, 0, self.micro_steps, self.device)
-        self.next_batch = next(self.batches)
-        return result
-
-    def follows_pace(self) -> bool:
-        """Whether the step count is still re-planned as the run goes (replan_to_time): with --max_minutes and the
-        wsd schedule, until its decay begins (the cosine depends on max_iters from the first step: it keeps the
-        count timed at the start)."""
-        return (self.budget is not None and self.cfg.schedule == "wsd" and not self.cfg.lr_decay_iters
-                and self.step < decay_begins(self.cfg))
-
-    def replan_to_time(self, seconds_used: float, seconds_evaluating: float) -> TrainConfig:
-        """max_iters re-sized (training.replan) from the pace of the steps so far, `seconds_used` of the budget gone,
-        `seconds_evaluating` of them in evaluations and checkpoints; the same figures on every process."""
-        evaluations = self.step // self.cfg.eval_interval
-        per_eval = seconds_evaluating / evaluations if evaluations else self.per_eval  # measured, once there is one
-        figures = torch.tensor([seconds_used, (seconds_used - seconds_evaluating) / self.step, per_eval],
-                               device=self.device)
-        seconds_used, per_step, per_eval = self.dist.mean(figures).tolist()
-        self.cfg = replan(self.cfg, self.step, self.budget - seconds_used, per_step, per_eval)
-        return self.cfg
-
-    def time_step_and_evaluation(self) -> tuple[float, float]:
-        """Seconds per training step (at lr 0) and per evaluation: its 2 x eval_iters forward passes, then a
-        checkpoint's write and the curves' drawing. The same figures on every process."""
-        for _ in range(UNTIMED_STEPS):  # the first steps allocate (and compile, with --compile)
-            self.train_step(0.0).item()
-        per_step = median_seconds(lambda i: self.train_step(0.0), TIMED_STEPS)
-
-        def val_loss(i: int) -> torch.Tensor:  # one of estimate_loss's forward passes
-            x, y = data.get_batch(self.tokens.val, self.cfg.batch_size, self.model_cfg.block_size, self.cfg.seed, i,
-                                  EVAL_STREAM)
-            return self.compiled(x.to(self.device), y.to(self.device))[1]
-
-        with torch.no_grad(), self.ctx:
-            self.compiled.eval()
-            per_eval = 2 * self.cfg.eval_iters * median_seconds(val_loss, min(TIMED_STEPS, self.cfg.eval_iters))
-            self.compiled.train()
-        record = {"step": 1, "tokens": 1, "train": 1.0, "val": 1.0, "bpc": 1.0, "lr": self.cfg.learning_rate}
-        with tempfile.TemporaryDirectory() as scratch:
-            for timed in (False, True):  # the first drawing imports matplotlib: not timed
-                started = time.perf_counter()
-                torch.save({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict()},
-                           io.BytesIO())
-                pictures.training_curves({"timing": [record]}, os.path.join(scratch, "c.png"), [record["lr"]] * 2)
-        per_eval += time.perf_counter() - started
-        return tuple(self.dist.mean(torch.tensor([per_step, per_eval], device=self.device)).tolist())
 
     def train_step(self, lr: float) -> torch.Tensor:
         """One optimizer step at learning rate `lr` over this process's micro-batches; returns the mean loss, a tensor
@@ -396,7 +306,8 @@ def main(argv=None):
     corpus, tokenizer, tokens, model_cfg, pretrained = load_data(model_cfg, train_cfg, resumed, explicit, dist, device)
     run = Run(model_cfg, train_cfg, tokenizer, tokens, resumed, dist, device, pretrained)
     if train_cfg.max_minutes and not resumed:
-        train_cfg = run.fit_to_time(train_cfg.max_minutes)
+        run.budget = TimeBudget(run, train_cfg.max_minutes)  # times a few steps, then sets run.cfg's max_iters
+        train_cfg = run.cfg
     cfg, out_dir = train_cfg, train_cfg.out_dir
     if dist.is_main:
         print_summary(run, corpus.path, run.precision if cfg.dtype == "auto" else describe(run.dtype))
@@ -428,8 +339,8 @@ def main(argv=None):
         if evaluate or save:
             speed.restart()  # the time spent evaluating and saving is not training's
             evaluating += time.perf_counter() - pause
-        if step % cfg.log_interval == 0 and run.follows_pace() and not last:  # --max_minutes: follow the pace
-            cfg = run.replan_to_time(time.perf_counter() - started, evaluating)
+        if step % cfg.log_interval == 0 and run.budget and run.budget.follows_pace(run) and not last:
+            cfg = run.budget.replan(run, time.perf_counter() - started, evaluating)  # --max_minutes: follow the pace
             if progress:
                 progress.total = cfg.max_iters
     if progress:
@@ -468,8 +379,8 @@ def print_summary(run: Run, corpus: str, precision: str):
           f"{cfg.max_iters}, lr {cfg.learning_rate:g}{muon} (warmup {cfg.warmup_iters}, {cfg.schedule} to "
           f"{cfg.min_lr:g} at {cfg.lr_decay_iters or cfg.max_iters}), device {run.device}")
     print(f"precision: {precision}")
-    if run.timing:
-        print(f"time: {run.timing}")
+    if run.budget:
+        print(f"time: {run.budget.summary}")
     peak = f"{run.peak_flops / 1e12:.3g} TFLOP/s" if run.peak_flops else "unknown"
     print(f"speed: 6N + 12LTC = {flops_per_token(model) / 1e6:,.1f} MFLOPs per token (PaLM appendix B); peak per "
           f"device {peak} ({run.peak_source}), for MFU" +
