@@ -114,7 +114,8 @@ class TrainConfig:
     max_minutes: float | None = arg(None, "train for about this many minutes instead: a few steps and an evaluation "
                                           "are timed first and max_iters is set to what fits, evaluations included, "
                                           "so warmup and decay fit the time; with wsd the plan follows the measured "
-                                          "pace until the decay begins (an explicit --max_iters wins)")
+                                          "pace until the decay begins (typed flags win over a config file's "
+                                          "max_iters or max_minutes; both typed are refused)")
     learning_rate: float = arg(4e-3, "peak learning rate, reached at the end of warmup")
     min_lr: float | None = arg(None, "floor of the decay; learning_rate / 10 when not given")
     warmup_iters: int | None = arg(None, "linear warmup steps; when not given, 5%% of max_iters capped at 2000")

@@ -100,14 +100,15 @@ def replan(cfg: TrainConfig, step: int, seconds_left: float, per_step: float, pe
     out at the pace measured so far. Until its decay begins, wsd's learning rate is the peak whatever max_iters is,
     so the steps already taken are those of the new plan too: the run stays exactly the one `--max_iters=N
     --warmup_iters=W` trains. The new decay may begin at `step` at the earliest, never in the past."""
-    steps = step + steps_in_time(seconds_left, per_step, per_eval, cfg.eval_interval, start=step)
-    while steps - round(cfg.decay_fraction * steps) < step:  # the decay would have begun already
-        steps += 1
-    return dataclasses.replace(cfg, max_iters=steps)
+    plan = dataclasses.replace(cfg, max_iters=step + steps_in_time(seconds_left, per_step, per_eval,
+                                                                    cfg.eval_interval, start=step))
+    while decay_begins(plan) < step:  # the decay would have begun already
+        plan = dataclasses.replace(plan, max_iters=plan.max_iters + 1)
+    return plan
 
 
 def decay_begins(cfg: TrainConfig) -> int:
-    """The first step after which wsd's learning rate falls below the peak (warmup_stable_decay)."""
+    """The last step of wsd's peak learning rate: from the next one on, it falls (warmup_stable_decay)."""
     decay_end = cfg.lr_decay_iters or cfg.max_iters
     return decay_end - round(cfg.decay_fraction * decay_end)
 

@@ -12,8 +12,8 @@ from tiny import GPT2_RECIPE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config", GPT2_RECIPE, "--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2",
-         "--batch_size=8", "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--eval_interval=8", "--dropout=0.0",
-         "--gradient_accumulation_steps=2", "--lr_decay_iters=40", "--warmup_iters=4"]
+         "--batch_size=8", "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--eval_interval=8",
+         "--dropout=0.0", "--gradient_accumulation_steps=2", "--lr_decay_iters=40", "--warmup_iters=4"]
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
