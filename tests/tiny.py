@@ -4,4 +4,5 @@ from pathlib import Path
 
 GPT2_RECIPE = str(Path(__file__).resolve().parent.parent / "configs" / "gpt2.yaml")
 TINY = ["--config", GPT2_RECIPE, "--block_size=16", "--embedding_dim=32", "--num_of_layers=2", "--num_of_heads=2",
-        "--batch_size=8", "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--device=cpu", "--learning_rate=3e-3"]
+        "--batch_size=8", "--eval_iters=2", "--sample_tokens=0", "--dtype=float32", "--device=cpu",
+        "--learning_rate=3e-3"]
