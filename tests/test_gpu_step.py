@@ -86,9 +86,27 @@ def test_the_loop_reads_the_loss_at_log_intervals_and_before_saving(tmp_path, mo
     assert logged == [5, 6, 10, 12]  # log intervals, a checkpoint (6) and the end: nowhere else
 
 
-def test_adamw_is_foreach_off_cuda():
-    defaults = tiny().configure_optimizer(1e-3, 0.1).defaults
-    assert defaults["foreach"] is True and not defaults["fused"]  # fused=True needs every parameter on CUDA
+def test_adamw_is_fused_on_the_cpu_and_steps_as_foreach_does():
+    """The fused kernel (one pass per parameter) against foreach AdamW (batched ops): the same update to float
+    rounding, weight decay on matrices only included. The gradients are set by hand: a backward pass gives some
+    parameters (the keys' bias, which softmax ignores) gradients of rounding noise, which Adam's normalisation would
+    turn into updates that differ between any two implementations."""
+    models = [tiny(), tiny()]
+    fused = models[0].configure_optimizer(1e-2, 0.1)
+    assert fused.defaults["fused"] is True
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+              for g in models[1].configure_optimizer(1e-2, 0.1).param_groups]
+    foreach = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.99), foreach=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in models[0].parameters()]
+        for model, optimizer in zip(models, (fused, foreach)):
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad.clone()
+            optimizer.step()
+    for a, b, start in zip(models[0].parameters(), models[1].parameters(), tiny().parameters()):
+        assert not torch.equal(a, start)  # they moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
