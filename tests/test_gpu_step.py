@@ -131,11 +131,16 @@ def test_activation_checkpointing_lowers_what_the_memory_preflight_asks_for(monk
     assert checkpointed < plain
 
 
+MODERN = dict(position="rope", qk_norm=True, norm="rms", activation="relu2", bias=False)  # the hand-written Functions
+
+
 @pytest.mark.slow
-def test_compiled_hand_written_attention_is_one_graph_with_the_eager_loss_and_gradients():
-    """~60 s on a busy CPU core: the compiler's first call is the cost."""
+@pytest.mark.parametrize("options", [{}, MODERN], ids=["gpt2", "modern"])
+def test_compiled_hand_written_attention_is_one_graph_with_the_eager_loss_and_gradients(options):
+    """~40-60 s each on a busy CPU core: the compiler's first call is the cost. The modern options bring the rotary
+    turn's and ReLU squared's autograd Functions, which must be traced whole too."""
     x, y = batch()
-    model = tiny(attention_backend="manual")
+    model = tiny(attention_backend="manual", **options)
     explained = torch._dynamo.explain(model)(x, y)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
     loss, grads = gradients(model, x, y)

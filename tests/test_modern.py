@@ -48,6 +48,15 @@ def test_rotary_is_a_rotation_by_position_times_frequency():
     assert torch.allclose(got.norm(dim=-1), x.norm(dim=-1))  # lengths kept
 
 
+def test_rotary_backward_is_the_turn_back():
+    """The hand-written backward (turn by the opposite angle) against numerical derivatives, first and second order,
+    on a non-contiguous x as the model gives it (q, k are transposed views of the qkv output)."""
+    rotary = Rotary(head_size=8, max_len=16).double()
+    x = torch.randn(2, 10, 3, 8, dtype=torch.float64).transpose(1, 2).requires_grad_()  # (B, H, T, D), strided
+    assert torch.autograd.gradcheck(lambda t: rotary(t, start=3), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: rotary(t, start=3) ** 2, (x,))
+
+
 def test_rope_model_has_no_position_table_and_its_scores_are_shift_invariant():
     model = tiny(position="rope", qk_norm=True).double()
     assert model.pos_emb is None and model.num_parameters() == tiny().num_parameters() - 16 * 32
