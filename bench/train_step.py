@@ -10,6 +10,9 @@ Both models start from the SAME weights (ours copied into theirs) and see the sa
 their losses must agree to float noise; the script checks that before it times anything. Timing alternates the
 contenders round by round (a busy neighbour slows all of them alike) and reports each one's best round.
 Absolute tokens/s on a shared machine are noise; the ratios are the figures.
+
+A third line times the step's Linear-layer matmuls alone, the same shapes back to back: the bound on what any step
+of this model, ours or another, can gain over the plain one on your machine (see MatmulFloor).
 """
 import argparse
 import contextlib
@@ -130,6 +133,26 @@ class Contender:
         return loss.item()
 
 
+class MatmulFloor:
+    """The step's dense products and nothing else: every Linear layer's (the tied output layer's too) forward product
+    and backward's two (the input's gradient, the weight's), on tensors of the step's shapes. Any step that computes
+    this model's gradients does these and more (attention's products, norms, GELU, the optimizer), so the plain
+    step's time over this one's is the most any engine could gain over it on this machine at this precision."""
+
+    name = "the Linear layers' matmuls alone"
+
+    def __init__(self, cfg: ModelConfig, batch: int, dtype):
+        M, C = batch * cfg.block_size, cfg.embedding_dim  # M: the tokens of a step, every one multiplied
+        shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * cfg.num_of_layers + [(C, cfg.vocab_size)]  # (in, out)
+        self.tensors = [(torch.randn(M, i), torch.randn(o, i), torch.randn(M, o)) for i, o in shapes]
+        self.ctx = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    def step(self, x, y):
+        with self.ctx:
+            for inputs, weight, grad_out in self.tensors:  # (M, in), (out, in), (M, out)
+                inputs @ weight.t(), grad_out @ weight, grad_out.t() @ inputs  # forward, grad input, grad weight
+
+
 def contenders(cfg: ModelConfig, dtype, nanogpt_path):
     torch.manual_seed(0)
     ours = GPT(cfg)
@@ -160,7 +183,7 @@ def check_losses(cfg, ids, batch, nanogpt_path, steps=10):
 
 
 def time_steps(cfg, ids, batch, dtype, nanogpt_path, rounds, steps):
-    runs = contenders(cfg, dtype, nanogpt_path)
+    runs = contenders(cfg, dtype, nanogpt_path) + [MatmulFloor(cfg, batch, dtype)]
     fixed = batches(ids, batch, cfg.block_size, 1, steps)
     for c in runs:  # warm-up
         for x, y in fixed[:2]:
@@ -200,10 +223,13 @@ def main():
     for name in args.dtypes.split(","):
         speeds = time_steps(cfg, tokens.train, args.batch, getattr(torch, name), args.nanogpt, args.rounds,
                             args.steps)
-        ours = speeds.pop("scratchgpt")
+        ours, floor = speeds.pop("scratchgpt"), speeds.pop(MatmulFloor.name)
         print(f"\n{name}: scratchgpt {ours:,.0f} tokens/s")
         for other, speed in speeds.items():
             print(f"  {other}: {speed:,.0f} tokens/s -> ours / theirs = {ours / speed:.2f}x")
+        plain = speeds["plain PyTorch (nanoGPT-style)"]
+        print(f"  {MatmulFloor.name}: {floor:,.0f} tokens/s -> no step of this model can beat the plain one by more "
+              f"than {floor / plain:.2f}x here; ours runs at {ours / floor:.0%} of the matmuls' speed")
 
 
 if __name__ == "__main__":
