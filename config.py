@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
 import sys
 import types
 import typing
@@ -32,6 +33,9 @@ def arg(default, help: str, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+# What `python playground.py` trains when no --config is given (and what `python prepare.py` prepares for): the modern
+# recipe for five minutes. The flags' own defaults (below) are GPT-2's recipe, which configs/gpt2.yaml spells out.
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 SEED_LIMIT = 2 ** 63  # numpy's and torch's generators both take seeds in [0, 2**63)
 
 
@@ -261,9 +265,13 @@ def _suggest(name: str, valid) -> str:
 
 
 def load_config(argv, classes, description: str, positional: str | None = None,
-                default_config: str | None = None):
+                default_config: str | None = None, yaml_classes=()):
     """Parse argv (and --config YAML, or default_config when no --config is given) into one instance of each
     dataclass in `classes`.
+
+    yaml_classes: more settings a config file may hold, read past without error: prepare.py takes a training config
+    for its corpus and tokenizer and leaves the model and the schedule to playground.py. A key no class knows is
+    still refused.
 
     Returns (instances, explicit) where `explicit` is the set of field names the user set by flag or YAML, so a
     resumed run can tell "the user asked for max_iters=5000" from "max_iters is at its default".
@@ -291,7 +299,8 @@ def load_config(argv, classes, description: str, positional: str | None = None,
     values = {}
     config_path = given.pop("config", None) or default_config
     if config_path:
-        values.update(_read_yaml(config_path, fields))
+        known = {**_fields(yaml_classes), **fields}
+        values.update({k: v for k, v in _read_yaml(config_path, known).items() if k in fields})
     values.update(given)
     typed = {name: _convert(name, fields[name][1], value) for name, value in values.items()}
     instances = []

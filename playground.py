@@ -38,7 +38,7 @@ import data
 import gpt2
 import pictures
 from checkpoint import LanguageModelCheckpoint, load_weights, model_config_from
-from config import ModelConfig, TrainConfig, UserError, load_config, run_main
+from config import DEFAULT_RECIPE, ModelConfig, TrainConfig, UserError, load_config, run_main
 from device import autocast, check_dtype, choose_precision, describe, resolve_device
 from distributed import Distributed
 from flops import Speedometer, flops_per_token, peak_flops
@@ -51,9 +51,6 @@ from tokenizer import Tokenizer, TokenizerError
 from training import (OptimizerStep, TrainingDiverged, WandbLogger, learning_rate, log_training, make_progress_bar,
                       maybe_compile, resolve_schedule)
 
-# What `python playground.py` trains when no --config is given: the modern recipe for five minutes. The flags' own
-# defaults (config.py) are GPT-2's recipe, which --config configs/gpt2.yaml spells out.
-DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 # Settings a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "checkpoint_interval", "device", "dtype",
              "compile", "wandb", "wandb_project", "sample_tokens", "out_dir", "resume", "overwrite", "log_interval",

@@ -181,7 +181,7 @@ def test_a_corrupt_cache_json_is_rebuilt_and_said(tmp_path, capsys):
         assert f"the token cache {meta_path} is corrupt" in capsys.readouterr().err
         assert json.loads(meta_path.read_text()) == meta
     meta_path.write_text("{not json")  # and from the command line: exit 0, one line saying so
-    result = run(sys.executable, "prepare.py", str(corpus))
+    result = run(sys.executable, "prepare.py", str(corpus), "--tokenizer=char")
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == f"warning: the token cache {meta_path} is corrupt (unreadable: Expecting " \
                                     f"property name enclosed in double quotes: line 1 column 2 (char 1)); rebuilding it"
@@ -196,9 +196,31 @@ def test_a_piped_corpus_is_read_once(tmp_path):
     result = run("bash", "-c", f"{sys.executable} playground.py <(cat {corpus}) {flags}")
     assert result.returncode == 0, result.stderr
     assert "train /" in result.stdout and "done: 2 steps" in result.stdout
-    result = run("bash", "-c", f"{sys.executable} prepare.py <(cat {corpus})")
+    result = run("bash", "-c", f"{sys.executable} prepare.py <(cat {corpus}) --config {GPT2_RECIPE}")
     assert result.returncode == 0 and "tokens (" in result.stdout, result.stderr
     assert not list((tmp_path / "cache").glob("piped-corpus-*")), "the copy of the pipe is deleted at exit"
+
+
+def test_prepare_reads_the_training_config_and_defaults_to_what_playground_trains(tmp_path):
+    """No --config: configs/default.yaml's tokenizer, as `python playground.py` (so its cache is the one the default
+    run reads). A training config gives its tokenizer and corpus; its model and schedule keys are read past, a key no
+    script knows is still refused."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sees the dog. a dog sees the cat. " * 300 + "\n")
+    default = run(sys.executable, "prepare.py", str(corpus))
+    assert default.returncode == 0, default.stderr
+    gpt2 = run(sys.executable, "prepare.py", str(corpus), "--config", GPT2_RECIPE)
+    assert gpt2.returncode == 0, gpt2.stderr
+    metas = [json.loads(path.read_text()) for path in (tmp_path / "cache").glob("tokens-*.json")]
+    assert len(metas) == 2  # two tokenizers, two caches
+    characters_per_token = sorted(meta["num_chars"] / meta["num_tokens"] for meta in metas)
+    assert characters_per_token[0] == 1.0 and characters_per_token[1] > 2  # char (gpt2.yaml) and bbpe (default.yaml)
+    again = run(sys.executable, "prepare.py", str(corpus), "--config", os.path.join(ROOT, "configs", "default.yaml"))
+    assert again.returncode == 0 and "already cached" in again.stdout, again.stderr  # the same cache as no --config
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("tokenizer: char\nnum_of_layer: 2\n")
+    refused = run(sys.executable, "prepare.py", str(corpus), "--config", str(typo))
+    assert refused.returncode == 1 and refused.stderr.strip().endswith("did you mean num_of_layers?"), refused.stderr
 
 
 def big_corpus(path: Path, megabytes: int):
