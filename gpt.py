@@ -210,8 +210,8 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        # fused: one kernel updates every parameter in a single pass over it, on the CPU as on CUDA (4.6x faster than
-        # foreach's batched ops for GPT-2's 4 x 128 model on an AMD EPYC, ~1.5% of its step; bench/train_step.py).
+        # fused: one kernel updates every parameter in a single pass over it, on the CPU as on CUDA (GPT-2's 4 x 128
+        # model on an AMD EPYC: 1.3 ms an update against 6.0 for foreach's batched ops, ~1.5% of the training step).
         # foreach, a few batched ops per update, is the fallback for the devices fused does not cover.
         fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in params)
         kernel = {"fused": True} if fused else {"foreach": True}
