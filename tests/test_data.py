@@ -19,6 +19,7 @@ from test_tokenizer_hf import code, english, mixed_scripts
 import corpus as corpus_module
 import data
 import token_cache
+from config import DEFAULT_RECIPE
 from tiny import GPT2_RECIPE
 from tokenizer import EOT, TokenizerError, train_tokenizer
 
@@ -215,7 +216,7 @@ def test_prepare_reads_the_training_config_and_defaults_to_what_playground_train
     assert len(metas) == 2  # two tokenizers, two caches
     characters_per_token = sorted(meta["num_chars"] / meta["num_tokens"] for meta in metas)
     assert characters_per_token[0] == 1.0 and characters_per_token[1] > 2  # char (gpt2.yaml) and bbpe (default.yaml)
-    again = run(sys.executable, "prepare.py", str(corpus), "--config", os.path.join(ROOT, "configs", "default.yaml"))
+    again = run(sys.executable, "prepare.py", str(corpus), "--config", DEFAULT_RECIPE)
     assert again.returncode == 0 and "already cached" in again.stdout, again.stderr  # the same cache as no --config
     typo = tmp_path / "typo.yaml"
     typo.write_text("tokenizer: char\nnum_of_layer: 2\n")

@@ -10,7 +10,7 @@ import playground
 import preflight
 from config import ModelConfig, TrainConfig, UserError
 from gpt import GPT
-from tiny import TINY
+from tiny import MODERN, TINY
 from training import OptimizerStep
 
 CPU = torch.device("cpu")
@@ -129,9 +129,6 @@ def test_activation_checkpointing_lowers_what_the_memory_preflight_asks_for(monk
     preflight.check_memory(model_cfg, TrainConfig(activation_checkpointing=True), 100)
     plain, checkpointed = asked[0], asked[2]  # each call asks for training, then for the sample
     assert checkpointed < plain
-
-
-MODERN = dict(position="rope", qk_norm=True, norm="rms", activation="relu2", bias=False)  # the hand-written Functions
 
 
 @pytest.mark.slow

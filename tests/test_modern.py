@@ -10,13 +10,9 @@ from attention import MultiHeadAttention, Rotary
 from checkpoint import load_model
 from config import ModelConfig, UserError
 from gpt import GPT, MLP, ReLUSquared
-from tiny import TINY
+from tiny import MODERN, TINY
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a cache of its own per test
-
-MODERN = dict(position="rope", norm="rms", qk_norm=True, activation="relu2", tie_embeddings=False, zero_init=True,
-              bias=False)
-
 
 def tiny(**options) -> GPT:
     torch.manual_seed(0)
